@@ -1,0 +1,94 @@
+"""The one settings object, read from the environment (prefix ``WEBSCADA_``) at start-up."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["TOPICS", "Settings", "Topics", "get_settings"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Topics:
+    """Kafka topic names (DESIGN section 3; part of the contract)."""
+
+    RAW = "telemetry.raw"
+    VALID = "telemetry.valid"
+    DLQ = "telemetry.dlq"
+    ALARMS = "alarms"
+    COMMANDS = "commands"
+    COMMAND_STATUS = "commands.status"
+    SYSTEM = "system"
+
+    ALL = (RAW, VALID, DLQ, ALARMS, COMMANDS, COMMAND_STATUS, SYSTEM)
+    TELEMETRY = (RAW, VALID, DLQ)
+
+
+TOPICS = Topics
+
+
+class Settings(BaseSettings):
+    """Every knob of the system; each is overridable by ``WEBSCADA_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="WEBSCADA_", extra="ignore")
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_controller_port: int = 9093
+    telemetry_partitions: int = Field(6, ge=1)
+
+    # PostgreSQL
+    pg_host: str = "127.0.0.1"
+    pg_port: int = 5432
+    pg_database: str = "webscada"
+    pg_user: str = "webscada"
+    pg_password: SecretStr = SecretStr("webscada")
+
+    # Redis
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_latest_ttl_s: int = Field(300, ge=1)
+
+    # InfluxDB
+    influx_url: str = "http://127.0.0.1:8086"
+    influx_org: str = "webscada"
+    influx_bucket: str = "telemetry"
+    influx_token: SecretStr = SecretStr("webscada-dev-token")
+    influx_admin_password: SecretStr = SecretStr("webscada-dev-password")
+
+    # MQTT
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_client_id: str = "webscada-connector-mqtt"
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    dev_token: SecretStr = SecretStr("webscada-dev")
+
+    # Pipeline behaviour
+    auto_register: bool = True
+    sink_batch_size: int = Field(2000, ge=1)
+    sink_batch_within_s: float = Field(0.2, gt=0)
+    max_future_skew_s: float = Field(300.0, ge=0)
+
+    # Local stack
+    stack_dir: Path = ROOT / ".stack"
+    cache_dir: Path = Path.home() / ".cache" / "webscada"
+    log_level: str = "info"
+
+    @property
+    def pg_conninfo(self) -> str:
+        return (
+            f"host={self.pg_host} port={self.pg_port} dbname={self.pg_database} "
+            f"user={self.pg_user} password={self.pg_password.get_secret_value()}"
+        )
+
+
+@cache
+def get_settings() -> Settings:
+    """The settings of this process, built once at the edge."""
+    return Settings()

@@ -1,0 +1,63 @@
+"""Exceptions of the connectors package.
+
+Every :class:`PayloadError` carries a short ``code`` (a fixed label, safe as a
+Prometheus label value and a DLQ detail) besides its human message, which names
+the bad value.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadDeviceIdError",
+    "BadMessageIdError",
+    "BadTimestampError",
+    "ConnectorError",
+    "NotAnObjectError",
+    "NotJsonError",
+    "PayloadError",
+    "PayloadTooLargeError",
+    "ProduceError",
+    "ProducerClosedError",
+]
+
+
+class ConnectorError(Exception):
+    """Base of every error raised by a connector."""
+
+
+class PayloadError(ConnectorError):
+    """A device payload cannot become a reading; it goes to the DLQ whole."""
+
+    code = "invalid_payload"
+
+
+class PayloadTooLargeError(PayloadError):
+    code = "too_large"
+
+
+class NotJsonError(PayloadError):
+    code = "not_json"
+
+
+class NotAnObjectError(PayloadError):
+    code = "not_an_object"
+
+
+class BadTimestampError(PayloadError):
+    code = "bad_timestamp"
+
+
+class BadDeviceIdError(PayloadError):
+    code = "bad_device_id"
+
+
+class BadMessageIdError(PayloadError):
+    code = "bad_message_id"
+
+
+class ProduceError(ConnectorError):
+    """Kafka refused a record outright (not a delivery failure reported later)."""
+
+
+class ProducerClosedError(ProduceError):
+    """A record was produced after :meth:`RecordProducer.close`."""

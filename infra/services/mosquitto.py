@@ -1,0 +1,56 @@
+"""Mosquitto 2 from Debian's package, persistent, with its data under .stack/mosquitto."""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+from infra.services._base import Service, StackError, apt_install, port_answers, wait_for, which
+
+__all__ = ["Mosquitto"]
+
+
+class Mosquitto(Service):
+    name: ClassVar[str] = "mosquitto"
+
+    @property
+    def address(self) -> str:
+        return f"mqtt://{self.settings.mqtt_host}:{self.settings.mqtt_port}"
+
+    def answers(self) -> bool:
+        return port_answers(self.settings.mqtt_host, self.settings.mqtt_port)
+
+    def install(self) -> None:
+        if which("mosquitto", "/usr/sbin") is None:
+            apt_install("mosquitto")
+
+    def start(self) -> None:
+        binary = which("mosquitto", "/usr/sbin")
+        if binary is None:
+            raise StackError("mosquitto not found")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        config = self.state_dir / "mosquitto.conf"
+        lines = [
+            f"listener {self.settings.mqtt_port} {self.settings.mqtt_host}",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {self.state_dir}/",
+            "autosave_interval 5",
+            # QoS 1 messages for a disconnected persistent session (the connector)
+            # are kept, not dropped: the connector's restart must lose nothing.
+            "max_queued_messages 1000000",
+            "max_queued_bytes 0",
+            "max_inflight_messages 1000",
+            "persistent_client_expiration 7d",
+            "log_dest stdout",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "connection_messages true",
+        ]
+        if os.geteuid() == 0:
+            # Keep the files under .stack writable: a dev broker on loopback only.
+            lines.append("user root")
+        config.write_text("\n".join(lines) + "\n")
+        self.spawn([binary, "-c", str(config)])
+        wait_for("Mosquitto", self.answers, timeout=30)

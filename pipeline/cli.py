@@ -1,0 +1,125 @@
+"""The ``webscada`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from pipeline.settings import get_settings
+
+__all__ = ["main"]
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from infra import stack
+
+    settings = get_settings()
+    if args.action == "up":
+        only = set(args.only.split(",")) if args.only else None
+        return stack.up(settings, only=only)
+    if args.action == "down":
+        return stack.down(settings)
+    return stack.status(settings)
+
+
+def _migrate(_: argparse.Namespace) -> int:
+    from infra.migrate import apply_migrations
+
+    applied = apply_migrations(get_settings())
+    print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from pipeline.worker import main as worker_main
+
+    return worker_main(get_settings(), role=args.role)
+
+
+def _connect(args: argparse.Namespace) -> int:
+    if args.protocol == "mqtt":
+        from connectors.mqtt import main as mqtt_main
+
+        return mqtt_main(get_settings())
+    raise SystemExit(f"unknown connector {args.protocol!r}")
+
+
+def _api(_: argparse.Namespace) -> int:
+    from api.app import main as api_main
+
+    return api_main(get_settings())
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from connectors.simulator import main as simulate_main
+
+    return simulate_main(get_settings(), devices=args.devices, interval_s=args.interval,
+                         count=args.count, prefix=args.prefix)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipeline.run import main as run_main
+
+    return run_main(get_settings(), devices=args.devices, simulate=not args.no_simulator)
+
+
+def _stop(_: argparse.Namespace) -> int:
+    from pipeline.run import stop
+
+    return stop(get_settings())
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="webscada", description="WebSCADA Stream")
+    parser.add_argument("--log-level", default=None, help="debug|info|warning (default: settings)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stack", help="install, start, stop or check the local services")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--only", help="comma-separated services (postgres,redis,mosquitto,kafka,influxdb)")
+    p.set_defaults(func=_stack)
+
+    p = sub.add_parser("migrate", help="apply the SQL migrations not yet applied")
+    p.set_defaults(func=_migrate)
+
+    p = sub.add_parser("worker", help="run the stream agents (validate and the sinks)")
+    p.add_argument("--role", default="all",
+                   help="all (default: one process per role), validate, sink-redis, "
+                        "sink-influxdb, sink-postgres")
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("connect", help="run a protocol connector")
+    p.add_argument("protocol", choices=["mqtt"])
+    p.set_defaults(func=_connect)
+
+    p = sub.add_parser("api", help="run the API and dashboard (uvicorn)")
+    p.set_defaults(func=_api)
+
+    p = sub.add_parser("simulate", help="publish simulated device telemetry over MQTT")
+    p.add_argument("--devices", type=int, default=5)
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between readings")
+    p.add_argument("--count", type=int, default=None, help="readings per device, then stop")
+    p.add_argument("--prefix", default="sim")
+    p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("run", help="stack up + worker + connector + API + simulator")
+    p.add_argument("--devices", type=int, default=5)
+    p.add_argument("--no-simulator", action="store_true")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("stop", help="stop what `webscada run` started, and the stack")
+    p.set_defaults(func=_stop)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = (args.log_level or get_settings().log_level).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Device registry upkeep in PostgreSQL: ``devices.last_seen`` (DESIGN section 5).
+
+A batch is folded to one row per device (its newest reading) and upserted in
+one statement; ``last_seen`` only moves forward, so replaying a batch or
+receiving a late reading never moves it back.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from pipeline.errors import PermanentSinkError, TransientSinkError
+from pipeline.sinks.base import Sink
+from schemas import Telemetry
+
+__all__ = ["PostgresDeviceSink"]
+
+_UPSERT = """
+INSERT INTO devices (id, protocol, application_id, last_seen, last_message_id)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[])
+ON CONFLICT (id) DO UPDATE SET
+    last_message_id = CASE
+        WHEN devices.last_seen IS NULL OR EXCLUDED.last_seen >= devices.last_seen
+        THEN EXCLUDED.last_message_id ELSE devices.last_message_id END,
+    last_seen = GREATEST(devices.last_seen, EXCLUDED.last_seen),
+    application_id = COALESCE(devices.application_id, EXCLUDED.application_id)
+"""
+
+_TOUCH_KNOWN = """
+UPDATE devices AS d SET
+    last_message_id = CASE WHEN d.last_seen IS NULL OR u.last_seen >= d.last_seen
+                           THEN u.message_id ELSE d.last_message_id END,
+    last_seen = GREATEST(d.last_seen, u.last_seen)
+FROM unnest(%s::text[], %s::timestamptz[], %s::text[]) AS u(id, last_seen, message_id)
+WHERE d.id = u.id
+"""
+
+
+class PostgresDeviceSink(Sink):
+    name = "postgres"
+
+    def __init__(self, *, conninfo: str, auto_register: bool = True) -> None:
+        super().__init__()
+        self._conninfo = conninfo
+        self._auto_register = auto_register
+        self._pool: AsyncConnectionPool | None = None
+
+    async def setup(self) -> None:
+        self._pool = AsyncConnectionPool(self._conninfo, min_size=1, max_size=4, open=False,
+                                         timeout=10, kwargs={"connect_timeout": 5})
+        await self._pool.open(wait=False)
+
+    async def write(self, batch: list[Telemetry]) -> None:
+        assert self._pool is not None, "setup() first"
+        newest: dict[str, Telemetry] = {}
+        for record in batch:
+            seen = newest.get(record.device_id)
+            if seen is None or record.ts >= seen.ts:
+                newest[record.device_id] = record
+        rows = list(newest.values())
+        ids = [r.device_id for r in rows]
+        times: list[datetime] = [r.ts for r in rows]
+        message_ids = [r.message_id for r in rows]
+        try:
+            async with self._pool.connection() as conn:
+                if self._auto_register:
+                    await conn.execute(_UPSERT, (ids, [r.protocol for r in rows],
+                                                 [r.application_id for r in rows], times,
+                                                 message_ids))
+                else:
+                    await conn.execute(_TOUCH_KNOWN, (ids, times, message_ids))
+        except (psycopg.OperationalError, psycopg.errors.AdminShutdown,
+                PoolTimeout) as exc:
+            raise TransientSinkError(f"postgres unreachable: {exc}") from exc
+        except psycopg.errors.SerializationFailure as exc:
+            raise TransientSinkError(f"postgres conflict: {exc}") from exc
+        except psycopg.DatabaseError as exc:
+            raise PermanentSinkError(f"postgres rejected the batch: {exc}") from exc
+
+    async def ping(self) -> bool:
+        if self._pool is None:
+            return False
+        try:
+            async with self._pool.connection(timeout=2) as conn:
+                await conn.execute("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+

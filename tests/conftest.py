@@ -1,0 +1,103 @@
+"""Fixtures shared by every tier.
+
+Integration tests talk to the real local stack. The session starts it (the
+same `webscada stack up` a user runs) when any integration test is collected,
+and starts the stream worker (`webscada worker`) for tests that need the
+pipeline. Nothing is skipped for a missing service: a service that cannot be
+started fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from pipeline.settings import ROOT, Settings
+
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T | None], *, timeout: float = 15.0, interval: float = 0.2,
+               what: str = "condition") -> T:
+    """Call ``check`` until it returns something truthy; fail the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"{what} not reached within {timeout:.0f} s (last value: {last!r})")
+
+
+def unique_id(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings) -> Settings:
+    """The real local services, started if they are not running."""
+    from infra import stack as local_stack
+
+    assert local_stack.up(settings) == 0, "the local stack did not come up; see .stack/logs/"
+    return settings
+
+
+def _start(argv: list[str], log_name: str, settings: Settings) -> subprocess.Popen[bytes]:
+    logs = settings.stack_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = open(logs / log_name, "ab")
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 30) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def worker(stack: Settings) -> Iterator[subprocess.Popen[bytes]]:
+    """`webscada worker` (validate + the three sinks), ready when a probe reading lands."""
+    from tests.integration.helpers import influx_points, produce_telemetry, redis_latest
+
+    proc = _start([sys.executable, "-m", "pipeline.cli", "worker"], "test-worker.log", stack)
+    probe = unique_id("probe")
+    produce_telemetry(stack, probe, {"probe": 1.0})
+    wait_until(lambda: redis_latest(stack, probe) and influx_points(stack, probe), timeout=90,
+               what="worker readiness (a probe reading in Redis and InfluxDB)")
+    yield proc
+    stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def start_process(stack: Settings) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start a project command (``webscada ...`` arguments) in the background; stopped at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str, log_name: str) -> subprocess.Popen[bytes]:
+        proc = _start([sys.executable, "-m", "pipeline.cli", *args], log_name, stack)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        stop_process(proc)

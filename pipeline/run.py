@@ -1,0 +1,145 @@
+"""``webscada run`` / ``webscada stop``: the whole system on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from pipeline.settings import ROOT, Settings
+
+__all__ = ["main", "stop"]
+
+
+def _pids_file(settings: Settings) -> Path:
+    return settings.stack_dir / "run.json"
+
+
+def _spawn(settings: Settings, name: str, *args: str) -> subprocess.Popen[bytes]:
+    logs = settings.stack_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{name}.log", "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _api_healthy(settings: Settings) -> bool:
+    url = f"http://{settings.api_host}:{settings.api_port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(json.loads(resp.read()).get("status") == "ok")
+    except (OSError, ValueError):
+        return False
+
+
+def main(settings: Settings, *, devices: int = 5, simulate: bool = True) -> int:
+    """Bring everything up, print the dashboard address, and run until Ctrl-C."""
+    from infra import stack
+
+    started = time.monotonic()
+    if stack.up(settings) != 0:
+        print("the local stack did not come up; see .stack/logs/", file=sys.stderr)
+        return 1
+    stop(settings, quiet=True, stack_too=False)  # leftovers of an earlier run
+    children = {
+        "worker": _spawn(settings, "worker", "worker"),
+        "connector-mqtt": _spawn(settings, "connector-mqtt", "connect", "mqtt"),
+        "api": _spawn(settings, "api", "api"),
+    }
+    if simulate:
+        children["simulator"] = _spawn(settings, "simulator", "simulate", "--devices", str(devices))
+    _record_pids(settings, children)
+    deadline = time.monotonic() + 60
+    while not _api_healthy(settings) and time.monotonic() < deadline:
+        for name, child in children.items():
+            if child.poll() is not None:
+                print(f"{name} exited early ({child.returncode}); see .stack/logs/{name}.log",
+                      file=sys.stderr)
+                _terminate(children)
+                return 1
+        time.sleep(0.5)
+    took = time.monotonic() - started
+    print(f"\nWebSCADA Stream is up in {took:.0f} s. Dashboard: "
+          f"http://{settings.api_host}:{settings.api_port}/  (token: the WEBSCADA_DEV_TOKEN setting)")
+    print("Logs in .stack/logs/. Ctrl-C (or `make stop` elsewhere) stops everything.", flush=True)
+
+    stopping = False
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stopping:
+        time.sleep(0.5)
+        for name, child in children.items():
+            if child.poll() is not None and not stopping:
+                print(f"{name} exited ({child.returncode}); restarting", file=sys.stderr)
+                args = {"worker": ("worker",), "connector-mqtt": ("connect", "mqtt"),
+                        "api": ("api",), "simulator": ("simulate", "--devices", str(devices))}[name]
+                children[name] = _spawn(settings, name, *args)
+        _record_pids(settings, children)
+    print("stopping ...", flush=True)
+    _terminate(children)
+    _pids_file(settings).unlink(missing_ok=True)
+    stack.down(settings)
+    return 0
+
+
+def _record_pids(settings: Settings, children: dict[str, subprocess.Popen[bytes]]) -> None:
+    pids = {"run": os.getpid(), **{name: child.pid for name, child in children.items()}}
+    _pids_file(settings).write_text(json.dumps(pids))
+
+
+def _terminate(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    for child in children.values():
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for child in children.values():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+
+
+def stop(settings: Settings, *, quiet: bool = False, stack_too: bool = True) -> int:
+    """Stop the processes a `webscada run` started (found in .stack/run.json), then the stack."""
+    pids_file = _pids_file(settings)
+    if pids_file.exists():
+        pids = json.loads(pids_file.read_text())
+        run_pid = pids.pop("run", None)
+        if run_pid and run_pid != os.getpid() and _alive(run_pid):
+            # The foreground `webscada run` stops its children and the stack itself.
+            os.kill(run_pid, signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while _alive(run_pid) and time.monotonic() < deadline:
+                time.sleep(0.3)
+        for name, pid in pids.items():
+            try:
+                os.killpg(pid, signal.SIGTERM)
+                if not quiet:
+                    print(f"{name:15} stopped")
+            except ProcessLookupError:
+                pass
+        pids_file.unlink(missing_ok=True)
+    if stack_too:
+        from infra import stack
+
+        stack.down(settings)
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True

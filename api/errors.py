@@ -6,6 +6,7 @@ Every error answer has the shape ``{"error": "<short message>", "detail": <anyth
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -60,7 +61,7 @@ class ServiceUnavailable(ApiError):
 
 
 def error_response(
-    status_code: int, error: str, detail: Any = None, headers: dict[str, str] | None = None
+    status_code: int, error: str, detail: Any = None, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code, headers=headers)
 

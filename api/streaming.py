@@ -70,9 +70,9 @@ def live_event(topic: str, decoded: Decoded) -> LiveEvent:
         if event == "system":
             rooms = [Room("system")]
         elif event == "alarm":
-            rooms = [Room("alarms"), Room.device(device_id)]
+            rooms = [Room("alarms"), Room("device", device_id)]
         else:
-            rooms = [Room.device(device_id)]
+            rooms = [Room("device", device_id)]
     except RoomError as exc:
         raise RoutingError(f"{topic} record: {exc}") from exc
     application_id = payload.get("application_id")

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
@@ -78,7 +78,7 @@ class SchemaRegistry:
         except Exception as exc:
             raise UnknownSchemaError(f"cannot parse schema file {path.name}: {exc}") from exc
         fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
-        name = parsed["name"]
+        name = str(cast(dict[str, Any], parsed)["name"])
         schema = _Schema(name, parsed, fp, _VERSIONED.match(path.stem) is None, path)
         if fp in self._by_fingerprint and self._by_fingerprint[fp].path != path:
             # Same canonical form twice: harmless, keep the first.

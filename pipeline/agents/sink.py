@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import faust
-from faust.types import EventT
+from faust.streams import Stream
+from faust.types import EventT, StreamT
 from prometheus_client import Counter, Histogram
 
 from pipeline.agents._dead_letter import dead_letter_for
@@ -82,9 +84,11 @@ def _register_sink(app: faust.App, settings: Settings, sink: Sink) -> None:
     stage = f"sink.{sink.name}"
 
     @app.agent(source, name=f"sink-{sink.name}")
-    async def run(stream: faust.StreamT[bytes]) -> None:
+    async def run(stream: StreamT[bytes]) -> None:
         await sink.setup()
-        batches = stream.take_events(settings.sink_batch_size, within=settings.sink_batch_within_s)
+        batches = cast(Stream[bytes], stream).take_events(
+            settings.sink_batch_size, within=settings.sink_batch_within_s
+        )
         async for events in batches:
             decoded, letters = _decode(events, stage)
             records = [record for record, _ in decoded]
@@ -100,12 +104,12 @@ def _register_sink(app: faust.App, settings: Settings, sink: Sink) -> None:
                 await producer.send_all(letters)
 
 
-def _decode(events: list[EventT], stage: str) -> tuple[list[tuple[Telemetry, EventT]], list[Outgoing]]:
+def _decode(events: Sequence[EventT], stage: str) -> tuple[list[tuple[Telemetry, EventT]], list[Outgoing]]:
     decoded: list[tuple[Telemetry, EventT]] = []
     letters: list[Outgoing] = []
     for event in events:
         try:
-            decoded.append((Telemetry.decode(event.message.value), event))
+            decoded.append((Telemetry.decode(event.message.value or b""), event))
         except (CodecError, InvalidRecordError) as exc:
             letters.append(dead_letter_for(event.message, reason=str(exc), stage=stage))
     return decoded, letters

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import cast
 
 import faust
-from faust.types import EventT
+from faust.streams import Stream
+from faust.types import EventT, StreamT
 
 from pipeline.agents._dead_letter import dead_letter_for
 from pipeline.producer import AsyncProducer, Outgoing
@@ -34,17 +37,19 @@ def register_validate(app: faust.App, settings: Settings) -> None:
     source = raw_topic(app, Topics.RAW, settings)
 
     @app.agent(source, name="validate")
-    async def validate(stream: faust.StreamT[bytes]) -> None:
-        batches = stream.take_events(settings.sink_batch_size, within=settings.sink_batch_within_s)
+    async def validate(stream: StreamT[bytes]) -> None:
+        batches = cast(Stream[bytes], stream).take_events(
+            settings.sink_batch_size, within=settings.sink_batch_within_s
+        )
         async for events in batches:
             await producer.send_all(_route(events, settings))
 
 
-def _route(events: list[EventT], settings: Settings) -> list[Outgoing]:
+def _route(events: Sequence[EventT], settings: Settings) -> list[Outgoing]:
     out: list[Outgoing] = []
     for event in events:
         message = event.message
-        value = message.value
+        value = message.value or b""
         key = message.key
         try:
             record = Telemetry.decode(value)

@@ -55,7 +55,7 @@ class InfluxSink(Sink):
         try:
             await self._client.write_api().write(
                 bucket=self._bucket, org=self._org, record=lines,
-                write_precision=WritePrecision.US,
+                write_precision=WritePrecision.US,  # type: ignore[arg-type]
             )
         except ApiException as exc:
             if exc.status in (408, 429) or (exc.status or 0) >= 500:

@@ -1,0 +1,122 @@
+"""Device routes: ``GET /api/devices`` (PostgreSQL) and ``GET /api/devices/{id}/latest`` (Redis)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any, cast
+
+import psycopg
+import redis.exceptions
+from psycopg_pool import PoolTimeout
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api.auth import requires_auth
+from api.errors import InvalidField, NotFound, ServiceUnavailable
+from api.services import services_of
+from schemas.records import DEVICE_ID_PATTERN, iso_utc
+
+__all__ = ["LATEST_KEY", "device_routes", "latest_json"]
+
+log = logging.getLogger(__name__)
+
+LATEST_KEY = "webscada:latest:{device_id}"
+# Hash fields that stay text; every other field is a number (a metric or signal/battery/snr).
+_TEXT_FIELDS = frozenset({"ts", "protocol", "application_id", "status", "gateway_id"})
+_MAX_LIMIT = 5000
+
+
+def _device_id(request: Request) -> str:
+    device_id: str = request.path_params["device_id"]
+    if not DEVICE_ID_PATTERN.match(device_id):
+        raise InvalidField("device_id", device_id, f"must match {DEVICE_ID_PATTERN.pattern}")
+    return device_id
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidField(name, raw, "must be an integer") from None
+    if not low <= value <= high:
+        raise InvalidField(name, raw, f"must be between {low} and {high}")
+    return value
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return iso_utc(moment) if moment is not None else None
+
+
+def latest_json(fields: dict[str, str]) -> dict[str, Any]:
+    """The Redis latest-values hash as JSON: numbers as floats, ``ts``/``protocol`` as text."""
+    out: dict[str, Any] = {}
+    for name, raw in fields.items():
+        if name in _TEXT_FIELDS:
+            out[name] = raw
+            continue
+        try:
+            out[name] = float(raw)
+        except ValueError:
+            out[name] = raw  # a field some writer stored as text; pass it through untouched
+    return out
+
+
+@requires_auth
+async def list_devices(request: Request) -> Response:
+    limit = _int_param(request, "limit", 1000, 1, _MAX_LIMIT)
+    offset = _int_param(request, "offset", 0, 0, 2**31 - 1)
+    pool = services_of(request).pool
+    try:
+        async with pool.connection(timeout=5.0) as conn:
+            cursor = await conn.execute(
+                "SELECT id, name, protocol, application_id, last_seen FROM devices"
+                " ORDER BY id LIMIT %s OFFSET %s",
+                (limit, offset),
+            )
+            rows = await cursor.fetchall()
+    except (PoolTimeout, psycopg.OperationalError) as exc:
+        log.warning("GET /api/devices: PostgreSQL unavailable: %s", exc)
+        raise ServiceUnavailable("PostgreSQL unavailable", str(exc)) from exc
+    return JSONResponse(
+        [
+            {
+                "id": device_id,
+                "name": name,
+                "protocol": protocol,
+                "application_id": application_id,
+                "last_seen": _iso(last_seen),
+            }
+            for device_id, name, protocol, application_id, last_seen in rows
+        ]
+    )
+
+
+@requires_auth
+async def latest_values(request: Request) -> Response:
+    device_id = _device_id(request)
+    client = services_of(request).redis
+    try:
+        # decode_responses=True: keys and values come back as str.
+        fields = cast(dict[str, str], await client.hgetall(LATEST_KEY.format(device_id=device_id)))
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        log.warning("GET /api/devices/%s/latest: Redis unavailable: %s", device_id, exc)
+        raise ServiceUnavailable("Redis unavailable", str(exc)) from exc
+    if not fields:
+        ttl_s = request.app.state.settings.redis_latest_ttl_s
+        raise NotFound(
+            "no latest values",
+            f"device {device_id} is unknown or sent no reading in the last {ttl_s} s",
+        )
+    return JSONResponse(latest_json(fields))
+
+
+def device_routes() -> list[Route]:
+    return [
+        Route("/api/devices", list_devices, methods=["GET"]),
+        Route("/api/devices/{device_id}/latest", latest_values, methods=["GET"]),
+    ]

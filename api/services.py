@@ -1,0 +1,77 @@
+"""The clients the API opens in its lifespan and closes on shutdown.
+
+Nothing here connects at import time or in a constructor; every client is
+created inside :func:`open_services` and tolerates its server being down at
+start-up (the pool and Redis connect lazily, the tail retries in the background).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+from starlette.requests import HTTPConnection
+
+from api.streaming import Emitter, TopicTail
+from pipeline.settings import Settings
+
+__all__ = ["Services", "open_services", "services_of"]
+
+_CONNECT_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    pool: AsyncConnectionPool[Any]
+    redis: Redis
+    http: aiohttp.ClientSession
+    tail: TopicTail
+
+
+def services_of(conn: HTTPConnection) -> Services:
+    """The services of the running app (set by its lifespan)."""
+    services: Services = conn.app.state.services
+    return services
+
+
+@contextlib.asynccontextmanager
+async def open_services(settings: Settings, emitter: Emitter) -> AsyncIterator[Services]:
+    """Open the PostgreSQL pool, Redis client, HTTP session and live tail; close them after."""
+    async with contextlib.AsyncExitStack() as stack:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            settings.pg_conninfo,
+            min_size=1,
+            max_size=4,
+            open=False,
+            name="webscada-api",
+            kwargs={"connect_timeout": int(_CONNECT_TIMEOUT_S), "autocommit": True},
+            # Verify a pooled connection before handing it out, so a PostgreSQL
+            # restart costs one reconnect instead of one failed request.
+            check=AsyncConnectionPool.check_connection,
+        )
+        await pool.open(wait=False)
+        stack.push_async_callback(pool.close)
+
+        redis = Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_connect_timeout=_CONNECT_TIMEOUT_S,
+            socket_timeout=_CONNECT_TIMEOUT_S,
+        )
+        stack.push_async_callback(redis.aclose)
+
+        http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=_CONNECT_TIMEOUT_S * 2)
+        )
+        stack.push_async_callback(http.close)
+
+        tail = TopicTail(bootstrap=settings.kafka_bootstrap, emitter=emitter)
+        tail.start()
+        stack.push_async_callback(tail.stop)
+
+        yield Services(pool=pool, redis=redis, http=http, tail=tail)

@@ -1,0 +1,192 @@
+"""``/ws/topics/{topic}?from=latest|earliest``: one topic's tail as JSON over a plain WebSocket.
+
+Each connection gets its own aiokafka consumer (no consumer group, every
+partition assigned), stopped when the client goes away. Frames wait in a bounded
+queue that drops its oldest frame when full, so a slow reader costs a fixed
+amount of memory and simply misses records (counted in ``/metrics``).
+
+Close codes: 4401 bad or missing token, 4404 unknown topic, 4400 bad ``from``,
+1013 Kafka unreachable, 1011 reading Kafka failed mid-stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from typing import Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.errors import KafkaError
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketState
+
+from api.auth import authenticator_of, websocket_token
+from api.metrics import WS_CLIENTS, WS_DROPPED, WS_FRAMES
+from api.payloads import dumps, topic_frame
+from pipeline.settings import Settings, Topics
+from schemas.codec import registry
+from schemas.errors import CodecError, InvalidRecordError
+
+__all__ = ["DEFAULT_QUEUE_SIZE", "FROM_POSITIONS", "DropOldestQueue", "topic_stream_route"]
+
+log = logging.getLogger(__name__)
+
+FROM_POSITIONS = ("latest", "earliest")
+DEFAULT_QUEUE_SIZE = 1000
+_MAX_REASON = 120  # a close reason must fit in 123 bytes
+_START_TIMEOUT_S = 10.0
+
+T = TypeVar("T")
+
+
+class DropOldestQueue(Generic[T]):
+    """A bounded FIFO for one consumer task; a put on a full queue evicts the oldest item."""
+
+    def __init__(self, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be at least 1, got {maxsize}")
+        self._items: collections.deque[T] = collections.deque(maxlen=maxsize)
+        self._nonempty = asyncio.Event()
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: T) -> bool:
+        """Add ``item``; True when the oldest item was dropped to make room."""
+        dropped = len(self._items) == self._items.maxlen
+        self._items.append(item)  # a full deque discards from the left
+        self.dropped += dropped
+        self._nonempty.set()
+        return dropped
+
+    async def get(self) -> T:
+        while not self._items:
+            self._nonempty.clear()
+            await self._nonempty.wait()
+        return self._items.popleft()
+
+
+def _reason(text: str) -> str:
+    return text.encode()[:_MAX_REASON].decode(errors="ignore")
+
+
+def _frame(message: ConsumerRecord[bytes, bytes]) -> str | None:
+    if message.value is None:
+        return None
+    try:
+        decoded = registry().decode(message.value)
+        frame = topic_frame(
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=message.key,
+            timestamp_ms=message.timestamp,
+            decoded=decoded,
+        )
+    except (CodecError, InvalidRecordError) as exc:
+        log.warning(
+            "ws tail: skipping %s[%d]@%d: %s",
+            message.topic, message.partition, message.offset, exc,
+        )
+        return None
+    return dumps(frame)
+
+
+async def _pump(consumer: AIOKafkaConsumer, topic: str, queue: DropOldestQueue[str]) -> None:
+    while True:
+        batches = await consumer.getmany(timeout_ms=1000, max_records=200)
+        for messages in batches.values():
+            for message in messages:
+                text = _frame(message)
+                if text is not None and queue.put(text):
+                    WS_DROPPED.labels(topic).inc()
+        await asyncio.sleep(0)  # let the sender run between batches of a replay
+
+
+async def _send(websocket: WebSocket, topic: str, queue: DropOldestQueue[str]) -> None:
+    while True:
+        await websocket.send_text(await queue.get())
+        WS_FRAMES.labels(topic).inc()
+
+
+async def _watch(websocket: WebSocket) -> None:
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        pass  # the client has nothing to say; we only notice when it leaves
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    if (
+        websocket.client_state is WebSocketState.CONNECTED
+        and websocket.application_state is WebSocketState.CONNECTED
+    ):
+        with contextlib.suppress(RuntimeError, OSError):
+            await websocket.close(code, _reason(reason))
+
+
+async def _stream(websocket: WebSocket, consumer: AIOKafkaConsumer, topic: str, size: int) -> None:
+    queue: DropOldestQueue[str] = DropOldestQueue(size)
+    tasks = [
+        asyncio.create_task(_pump(consumer, topic, queue)),
+        asyncio.create_task(_send(websocket, topic, queue)),
+        asyncio.create_task(_watch(websocket)),
+    ]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        if queue.dropped:
+            log.info("ws tail %s: client too slow, %d frames dropped", topic, queue.dropped)
+    pump_error = results[0]
+    if isinstance(pump_error, Exception):  # the pump only ends by failing (or being cancelled)
+        log.warning("ws tail %s: reading Kafka failed: %r", topic, pump_error)
+        await _close(websocket, 1011, f"Kafka error: {type(pump_error).__name__}")
+    else:
+        await _close(websocket, 1000, "")
+
+
+def topic_stream_route(
+    path: str = "/ws/topics/{topic}", *, queue_size: int = DEFAULT_QUEUE_SIZE
+) -> WebSocketRoute:
+    """The WebSocket route; each client's queue holds at most ``queue_size`` frames."""
+
+    async def topic_stream(websocket: WebSocket) -> None:
+        topic: str = websocket.path_params["topic"]
+        # Accept first: a close code (4401, 4404) can only be sent on an open WebSocket.
+        await websocket.accept()
+        if authenticator_of(websocket).authenticate(websocket_token(websocket)) is None:
+            await _close(websocket, 4401, "unauthorized: pass ?token= or Authorization: Bearer")
+            return
+        if topic not in Topics.ALL:
+            await _close(websocket, 4404, f"unknown topic {topic!r}")
+            return
+        start = websocket.query_params.get("from", "latest")
+        if start not in FROM_POSITIONS:
+            await _close(websocket, 4400, f"from must be latest or earliest, not {start!r}")
+            return
+        settings: Settings = websocket.app.state.settings
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset=start,
+            client_id="webscada-api-ws",
+        )
+        WS_CLIENTS.labels(topic).inc()
+        try:
+            async with asyncio.timeout(_START_TIMEOUT_S):
+                await consumer.start()
+            await _stream(websocket, consumer, topic, queue_size)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("ws tail %s: cannot reach Kafka: %s", topic, exc)
+            await _close(websocket, 1013, "Kafka unavailable, try again later")
+        finally:
+            WS_CLIENTS.labels(topic).dec()
+            await consumer.stop()
+
+    return WebSocketRoute(path, topic_stream)

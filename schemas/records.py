@@ -19,7 +19,9 @@ from schemas.errors import InvalidRecordError
 
 __all__ = [
     "DEVICE_ID_PATTERN",
+    "METRIC_NAME_PATTERN",
     "PROTOCOLS",
+    "RESERVED_METRICS",
     "DeadLetter",
     "Location",
     "SystemEvent",
@@ -49,7 +51,7 @@ def iso_utc(moment: datetime) -> str:
 
 
 def check_device_id(device_id: object) -> str:
-    if not isinstance(device_id, str) or not DEVICE_ID_PATTERN.match(device_id):
+    if not isinstance(device_id, str) or not DEVICE_ID_PATTERN.fullmatch(device_id):
         raise InvalidRecordError(
             f"device_id {device_id!r} does not match {DEVICE_ID_PATTERN.pattern}"
         )
@@ -152,7 +154,7 @@ class Telemetry:
             raise InvalidRecordError("message_id must be 1 to 128 characters")
         metrics: dict[str, float] = {}
         for name, value in self.metrics.items():
-            if not METRIC_NAME_PATTERN.match(name) or name in RESERVED_METRICS:
+            if not METRIC_NAME_PATTERN.fullmatch(name) or name in RESERVED_METRICS:
                 raise InvalidRecordError(f"metric name {name!r} is not allowed")
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise InvalidRecordError(f"metric {name} must be a number, got {value!r}")

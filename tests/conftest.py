@@ -56,12 +56,14 @@ def stack(settings: Settings) -> Settings:
     return settings
 
 
-def _start(argv: list[str], log_name: str, settings: Settings) -> subprocess.Popen[bytes]:
+def _start(argv: list[str], log_name: str, settings: Settings,
+           env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     logs = settings.stack_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = open(logs / log_name, "ab")
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                            start_new_session=True)
 
 
 def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 30) -> None:
@@ -93,8 +95,8 @@ def start_process(stack: Settings) -> Iterator[Callable[..., subprocess.Popen[by
     """Start a project command (``webscada ...`` arguments) in the background; stopped at the end."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(*args: str, log_name: str) -> subprocess.Popen[bytes]:
-        proc = _start([sys.executable, "-m", "pipeline.cli", *args], log_name, stack)
+    def start(*args: str, log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = _start([sys.executable, "-m", "pipeline.cli", *args], log_name, stack, env)
         started.append(proc)
         return proc
 

@@ -110,7 +110,7 @@ def dead_letters_for(settings: Settings, match: bytes, *, timeout: float = 20.0)
             idle_polls = 0
             if msg.error():
                 continue
-            letter = DeadLetter.decode(msg.value())
+            letter = DeadLetter.decode(msg.value() or b"")
             if match in letter.payload:
                 found.append(letter)
     finally:

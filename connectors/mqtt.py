@@ -1,0 +1,386 @@
+"""MQTT connector: device readings from ``{prefix}/{device_id}/telemetry`` to Kafka.
+
+Each message is acknowledged to the broker (PUBACK) only after Kafka
+acknowledged every record made from it: the reading on ``telemetry.raw`` and/or
+its dead letter on ``telemetry.dlq``. With a persistent session (clean session
+off, fixed client id) the broker redelivers whatever was not acknowledged when
+the connector died, so a ``kill -9`` loses nothing; a redelivered payload gets
+the same ``message_id``, which the sinks deduplicate on.
+
+Acknowledgements go out in the order the messages arrived (MQTT 3.1.1, 4.6),
+so a record Kafka is slow to take holds back the acks behind it; the broker's
+in-flight window then throttles delivery to this connector.
+
+The topic prefix, protocol and payload parser are parameters, so the GSM
+connector (``gsm/+/telemetry``) runs this same class.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from connectors._signals import on_stop_signals
+from connectors.errors import PayloadError, ProduceError
+from connectors.metrics import MESSAGES_RECEIVED, MESSAGES_REJECTED
+from connectors.payload import ParsedReading, dead_letter_for_error, parse_reading
+from connectors.producer import Delivery, RecordProducer
+from pipeline.settings import Settings, Topics
+from schemas.records import SystemEvent, utcnow
+
+__all__ = ["MqttConnector", "Parser", "main", "run"]
+
+logger = logging.getLogger(__name__)
+
+Parser = Callable[[bytes, str, datetime], ParsedReading]
+"""``(payload, device_id, received_at) -> ParsedReading``; raises PayloadError."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    topic: str
+    key: str | None
+    value: bytes
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A received message waiting for Kafka to take its records."""
+
+    mid: int
+    qos: int
+    outstanding: int
+
+
+class MqttConnector:
+    """Subscribes to ``{prefix}/+/telemetry`` at QoS 1 and forwards readings to Kafka.
+
+    :meth:`start` returns at once (paho's network thread connects, and
+    reconnects, in the background); :meth:`stop` stops taking messages, waits
+    for Kafka, acknowledges what Kafka took and disconnects. The producer is the
+    caller's: started before :meth:`start`, closed after :meth:`stop`.
+
+    ``client`` replaces the paho client this builds (clean session off, manual
+    acks, MQTT 3.1.1); whoever passes one must configure it likewise.
+    """
+
+    def __init__(
+        self,
+        *,
+        producer: RecordProducer,
+        client_id: str,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        prefix: str = "devices",
+        protocol: str = "mqtt",
+        parser: Parser | None = None,
+        keepalive_s: int = 30,
+        reconnect_min_s: int = 1,
+        reconnect_max_s: int = 30,
+        retry_delay_s: float = 1.0,
+        client: paho.Client | None = None,
+    ) -> None:
+        self.host, self.port, self.client_id = host, port, client_id
+        self.prefix, self.protocol = prefix, protocol
+        self.subscription = f"{prefix}/+/telemetry"
+        self.stage = f"connector.{protocol}"
+        self._producer = producer
+        self._parser: Parser = parser or functools.partial(_parse, protocol=protocol)
+        self._keepalive_s = keepalive_s
+        self._reconnect = (reconnect_min_s, reconnect_max_s)
+        self._retry_delay_s = retry_delay_s
+
+        self._given_client = client
+        self._client: paho.Client | None = None
+        self._lock = threading.Lock()
+        self._pending: OrderedDict[int, _Pending] = OrderedDict()
+        self._seq = itertools.count(1)
+        self._retries: queue.SimpleQueue[tuple[int, _Record] | None] = queue.SimpleQueue()
+        self._retry_thread: threading.Thread | None = None
+        self._stop_requested = threading.Event()
+        self._stopping = threading.Event()
+        self._connected = threading.Event()
+        self._up = False
+        self._failure: str | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, producer: RecordProducer, **options: Any
+    ) -> MqttConnector:
+        options.setdefault("client_id", settings.mqtt_client_id)
+        return cls(producer=producer, host=settings.mqtt_host, port=settings.mqtt_port, **options)
+
+    @property
+    def failure(self) -> str | None:
+        """Why the connector gave up (Kafka refused records for good), else None."""
+        return self._failure
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        """True once connected and subscribed (before ``timeout`` s)."""
+        return self._connected.wait(timeout)
+
+    def request_stop(self) -> None:
+        """Ask :func:`run` to stop; safe from a signal handler."""
+        self._stop_requested.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once a stop was requested (or the connector failed)."""
+        return self._stop_requested.wait(timeout)
+
+    def start(self) -> None:
+        if self._client is not None:
+            raise RuntimeError("connector already started")
+        client = self._given_client or paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=False,
+            protocol=paho.MQTTv311,
+            manual_ack=True,
+        )
+        # Last resort only: every known failure is handled in the callbacks themselves.
+        client.suppress_exceptions = True
+        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        client.reconnect_delay_set(*self._reconnect)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        self._client = client
+        self._retry_thread = threading.Thread(
+            target=self._retry_loop, name=f"{self.stage}-retry", daemon=True
+        )
+        self._retry_thread.start()
+        client.connect_async(self.host, self.port, self._keepalive_s)
+        client.loop_start()
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """Stop; returns how many records Kafka had not taken within ``timeout`` s.
+
+        Messages whose records were not taken stay unacknowledged and come back
+        from the broker on the next start.
+        """
+        client = self._client
+        if client is None or self._stopping.is_set():
+            return 0
+        self._stopping.set()
+        self._stop_requested.set()
+        left = self._producer.flush(timeout)
+        if self._up:
+            self._up = False
+            self._event("connector_down", "stopped")
+            self._producer.flush(min(timeout, 5.0))
+        self._retries.put(None)
+        if self._retry_thread is not None:
+            self._retry_thread.join()
+        client.disconnect()  # queued after the PUBACKs, so those go out first
+        client.loop_stop()
+        return left
+
+    # paho callbacks (network thread)
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: paho.ConnectFlags,
+        reason: ReasonCode, properties: Any,
+    ) -> None:
+        if reason.is_failure:
+            logger.error("%s: mqtt://%s:%d refused the connection: %s",
+                         self.stage, self.host, self.port, reason)
+            return
+        with self._lock:
+            # Anything not acknowledged yet is redelivered on this new connection.
+            self._pending.clear()
+        client.subscribe(self.subscription, qos=1)
+        logger.info("%s: connected to mqtt://%s:%d (session present: %s)",
+                    self.stage, self.host, self.port, flags.session_present)
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int,
+        reasons: list[ReasonCode], properties: Any,
+    ) -> None:
+        if any(r.is_failure for r in reasons):
+            self._fail(f"broker refused the subscription to {self.subscription}: {reasons}")
+            return
+        self._connected.set()
+        if not self._up:
+            self._up = True
+            self._event("connector_up", f"subscribed to {self.subscription}")
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: paho.DisconnectFlags,
+        reason: ReasonCode, properties: Any,
+    ) -> None:
+        self._connected.clear()
+        with self._lock:
+            self._pending.clear()
+        if self._stopping.is_set():
+            return
+        logger.warning("%s: lost mqtt://%s:%d (%s); reconnecting",
+                       self.stage, self.host, self.port, reason)
+        if self._up:
+            self._up = False
+            self._event("connector_down", f"lost the MQTT broker: {reason}")
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if self._stopping.is_set():
+            return  # left unacknowledged: the broker redelivers it to the next session
+        MESSAGES_RECEIVED.labels(self.protocol).inc()
+        records = self._records(message.topic, bytes(message.payload), utcnow())
+        with self._lock:
+            seq = next(self._seq)
+            self._pending[seq] = _Pending(message.mid, message.qos, len(records))
+        for record in records:
+            if not self._send(seq, record):
+                return
+
+    # from the payload to Kafka records
+
+    def _records(self, topic: str, payload: bytes, received_at: datetime) -> list[_Record]:
+        source = f"mqtt:{topic}"
+        device_id = self._device_id(topic)
+        try:
+            reading = self._parser(payload, device_id, received_at)
+        except PayloadError as exc:
+            error = exc
+        except Exception as exc:
+            # A parser bug must neither lose the message nor kill the network thread.
+            logger.exception("%s: parser failed on a payload from %s", self.stage, topic)
+            error = PayloadError(f"connector failed on this payload: {exc!r}")
+        else:
+            records = []
+            if reading.telemetry is not None:
+                records.append(_Record(Topics.RAW, device_id, reading.telemetry.encode()))
+            code = reading.reject_code
+            dead = reading.dead_letter(stage=self.stage, source_topic=source)
+            if code is not None and dead is not None:
+                MESSAGES_REJECTED.labels(self.protocol, code).inc()
+                records.append(_Record(Topics.DLQ, dead.device_id, dead.encode()))
+            return records
+        MESSAGES_REJECTED.labels(self.protocol, error.code).inc()
+        dead = dead_letter_for_error(
+            error, payload, device_id=device_id, stage=self.stage, source_topic=source
+        )
+        return [_Record(Topics.DLQ, dead.device_id, dead.encode())]
+
+    def _device_id(self, topic: str) -> str:
+        head, tail = f"{self.prefix}/", "/telemetry"
+        if topic.startswith(head) and topic.endswith(tail):
+            return topic[len(head) : len(topic) - len(tail)]
+        return ""  # not a telemetry topic: rejected as a bad device id
+
+    def _send(self, seq: int, record: _Record) -> bool:
+        try:
+            self._producer.produce(
+                record.topic, record.key, record.value,
+                functools.partial(self._delivered, seq, record),
+            )
+        except ProduceError as exc:
+            self._fail(f"cannot produce to {record.topic}: {exc}")
+            return False
+        return True
+
+    # producer callbacks (poll thread)
+
+    def _delivered(self, seq: int, record: _Record, delivery: Delivery) -> None:
+        if not delivery.ok:
+            if delivery.fatal or self._producer.fatal_error:
+                self._fail(f"Kafka producer failed: {delivery.error}")
+            else:
+                self._retries.put((seq, record))
+            return
+        with self._lock:
+            entry = self._pending.get(seq)
+            if entry is None:
+                return  # from before a reconnect; the broker redelivers that message
+            entry.outstanding -= 1
+            self._ack_ready()
+
+    def _ack_ready(self) -> None:
+        """Acknowledge, in arrival order, every message whose records Kafka took."""
+        client = self._client
+        while self._pending:
+            seq, entry = next(iter(self._pending.items()))
+            if entry.outstanding > 0:
+                return
+            del self._pending[seq]
+            if entry.qos > 0 and client is not None:
+                client.ack(entry.mid, entry.qos)
+
+    def _retry_loop(self) -> None:
+        while (item := self._retries.get()) is not None:
+            seq, record = item
+            with self._lock:
+                wanted = seq in self._pending
+            if not wanted:
+                continue
+            if self._stopping.wait(self._retry_delay_s):
+                return
+            logger.info("%s: sending a record to %s again", self.stage, record.topic)
+            self._send(seq, record)
+
+    def _event(self, kind: str, message: str) -> None:
+        event = SystemEvent(
+            kind=kind, source=self.stage, message=message,
+            attributes={"broker": f"mqtt://{self.host}:{self.port}", "client_id": self.client_id},
+        )
+        try:
+            self._producer.send_system_event(event)
+        except ProduceError as exc:
+            logger.warning("%s: cannot send %s: %s", self.stage, kind, exc)
+
+    def _fail(self, reason: str) -> None:
+        if self._stopping.is_set():
+            return
+        if self._failure is None:
+            self._failure = reason
+            logger.error("%s: giving up: %s", self.stage, reason)
+        self._stop_requested.set()
+
+
+def _parse(payload: bytes, device_id: str, received_at: datetime, *, protocol: str) -> ParsedReading:
+    return parse_reading(payload, device_id=device_id, protocol=protocol, received_at=received_at)
+
+
+def run(
+    settings: Settings,
+    *,
+    prefix: str = "devices",
+    protocol: str = "mqtt",
+    parser: Parser | None = None,
+    client_id: str | None = None,
+) -> int:
+    """Run a connector of this kind until SIGINT/SIGTERM; 0 on a clean stop, 1 on failure."""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    producer = RecordProducer.from_settings(settings, connector=protocol)
+    connector = MqttConnector.from_settings(
+        settings, producer=producer, prefix=prefix, protocol=protocol, parser=parser,
+        client_id=client_id or settings.mqtt_client_id,
+    )
+    with producer, on_stop_signals(connector.request_stop):
+        connector.start()
+        while not connector.wait(1.0):
+            pass
+        left = connector.stop()
+    if left:
+        logger.warning("%s: %d records not taken by Kafka; the broker will redeliver them",
+                       connector.stage, left)
+    return 1 if connector.failure else 0
+
+
+def main(settings: Settings) -> int:
+    """``webscada connect mqtt``: the MQTT connector for ``devices/+/telemetry``."""
+    return run(settings)

@@ -1,0 +1,253 @@
+"""The MQTT connector's contract, with Kafka and the broker connection faked.
+
+Above all: a message is acknowledged to the broker only after Kafka took every
+record made from it, and in the order the messages arrived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import cast
+
+import paho.mqtt.client as paho
+import pytest
+from confluent_kafka import KafkaError, Producer
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from connectors.mqtt import MqttConnector
+from connectors.producer import RecordProducer
+from schemas.codec import registry
+from schemas.records import DeadLetter, Telemetry
+from tests.conftest import wait_until
+from tests.unit.fakes import FakeKafka, FakeMqtt
+
+GOOD = b'{"messageId": "m-1", "timestamp": 1714564800000, "telemetry": {"temperature": 21.5}}'
+TOPIC = "devices/dev-1/telemetry"
+
+
+def message(mid: int, payload: bytes, topic: str = TOPIC, qos: int = 1) -> paho.MQTTMessage:
+    msg = paho.MQTTMessage(mid=mid, topic=topic.encode())
+    msg.payload = payload
+    msg.qos = qos
+    return msg
+
+
+def connect(mqtt: FakeMqtt, granted: int = 1) -> None:
+    mqtt.on_connect(mqtt, None, paho.ConnectFlags(session_present=True),
+                    ReasonCode(PacketTypes.CONNACK, identifier=0), None)
+    mqtt.on_subscribe(mqtt, None, 1, [ReasonCode(PacketTypes.SUBACK, identifier=granted)], None)
+
+
+def on_topic(kafka: FakeKafka, topic: str) -> list[int]:
+    """Indexes of the records produced to ``topic``."""
+    return [i for i, r in enumerate(kafka.records) if r.topic == topic]
+
+
+def system_kinds(kafka: FakeKafka) -> list[str]:
+    return [registry().decode(kafka.records[i].value, "SystemEvent").record["kind"]
+            for i in on_topic(kafka, "system")]
+
+
+@pytest.fixture
+def kafka() -> FakeKafka:
+    return FakeKafka()
+
+
+@pytest.fixture
+def mqtt() -> FakeMqtt:
+    return FakeMqtt()
+
+
+def started(kafka: FakeKafka, mqtt: FakeMqtt, **options: object) -> MqttConnector:
+    producer = RecordProducer(bootstrap_servers="127.0.0.1:1", connector="mqtt",
+                              poll_interval_s=0.01, client=cast(Producer, kafka)).start()
+    connector = MqttConnector(producer=producer, client_id="unit", retry_delay_s=0.0,
+                              client=cast(paho.Client, mqtt), **options)  # type: ignore[arg-type]
+    connector.start()
+    return connector
+
+
+@pytest.fixture
+def connector(kafka: FakeKafka, mqtt: FakeMqtt) -> Iterator[MqttConnector]:
+    connector = started(kafka, mqtt)
+    connect(mqtt)
+    yield connector
+    connector.stop(timeout=0)
+
+
+def test_start_connects_in_the_background_and_subscribes_at_qos1(
+    connector: MqttConnector, mqtt: FakeMqtt, kafka: FakeKafka
+) -> None:
+    assert mqtt.calls == ["enable_logger", "reconnect_delay_set(1, 30)",
+                          "connect_async(127.0.0.1, 1883, 30)", "loop_start"]
+    assert mqtt.subscriptions == [("devices/+/telemetry", 1)]
+    assert connector.wait_connected(0)
+    (up,) = on_topic(kafka, "system")
+    assert kafka.records[up].key is None
+    event = registry().decode(kafka.records[up].value, "SystemEvent").record
+    assert (event["kind"], event["source"], event["message"], event["attributes"]) == (
+        "connector_up", "connector.mqtt", "subscribed to devices/+/telemetry",
+        {"broker": "mqtt://127.0.0.1:1883", "client_id": "unit"},
+    )
+
+
+def test_reading_is_acknowledged_only_after_kafka_took_it(
+    connector: MqttConnector, mqtt: FakeMqtt, kafka: FakeKafka
+) -> None:
+    mqtt.on_message(mqtt, None, message(7, GOOD))
+    (raw,) = on_topic(kafka, "telemetry.raw")
+    record = kafka.records[raw]
+    assert record.key == "dev-1"
+    telemetry = Telemetry.decode(record.value)
+    assert (telemetry.device_id, telemetry.protocol, telemetry.message_id,
+            dict(telemetry.metrics)) == ("dev-1", "mqtt", "m-1", {"temperature": 21.5})
+    assert mqtt.acks == []
+    kafka.deliver(raw)
+    assert mqtt.acks == [(7, 1)]
+
+
+def test_acknowledgements_follow_arrival_order(
+    connector: MqttConnector, mqtt: FakeMqtt, kafka: FakeKafka
+) -> None:
+    for mid in (1, 2, 3):
+        mqtt.on_message(mqtt, None, message(mid, GOOD))
+    first, second, third = on_topic(kafka, "telemetry.raw")
+    kafka.deliver(third)
+    kafka.deliver(second)
+    assert mqtt.acks == []
+    kafka.deliver(first)
+    assert mqtt.acks == [(1, 1), (2, 1), (3, 1)]
+
+
+def test_bad_payload_goes_to_the_dlq_then_is_acknowledged(
+    connector: MqttConnector, mqtt: FakeMqtt, kafka: FakeKafka
+) -> None:
+    mqtt.on_message(mqtt, None, message(4, b"{not json"))
+    assert on_topic(kafka, "telemetry.raw") == []
+    (dlq,) = on_topic(kafka, "telemetry.dlq")
+    dead = DeadLetter.decode(kafka.records[dlq].value)
+    assert kafka.records[dlq].key == "dev-1"
+    assert (dead.reason, dead.stage, dead.payload, dead.source_topic, dead.device_id,
+            dict(dead.details)) == (
+        "payload is not JSON: Expecting property name enclosed in double quotes at byte 1",
+        "connector.mqtt", b"{not json", "mqtt:devices/dev-1/telemetry", "dev-1",
+        {"code": "not_json"},
+    )
+    kafka.deliver(dlq)
+    assert mqtt.acks == [(4, 1)]
+
+
+def test_bad_device_id_in_topic_goes_to_the_dlq_without_key(
+    connector: MqttConnector, mqtt: FakeMqtt, kafka: FakeKafka
+) -> None:
+    mqtt.on_message(mqtt, None, message(5, GOOD, topic="devices/-bad/telemetry"))
+    (dlq,) = on_topic(kafka, "telemetry.dlq")
+    assert kafka.records[dlq].key is None
+    assert DeadLetter.decode(kafka.records[dlq].value).details["code"] == "bad_device_id"
+
+
+def test_partly_rejected_reading_is_acknowledged_after_both_records(
+    connector: MqttConnector, mqtt: FakeMqtt, kafka: FakeKafka
+) -> None:
+    mqtt.on_message(mqtt, None, message(9, b'{"temperature": 20, "mode": "auto"}'))
+    (raw,) = on_topic(kafka, "telemetry.raw")
+    (dlq,) = on_topic(kafka, "telemetry.dlq")
+    assert DeadLetter.decode(kafka.records[dlq].value).reason == (
+        "dropped 1 field from reading: mode (string 'auto' is not a number)"
+    )
+    kafka.deliver(raw)
+    assert mqtt.acks == []
+    kafka.deliver(dlq)
+    assert mqtt.acks == [(9, 1)]
+
+
+def test_failed_delivery_is_sent_again_and_only_then_acknowledged(
+    connector: MqttConnector, mqtt: FakeMqtt, kafka: FakeKafka
+) -> None:
+    mqtt.on_message(mqtt, None, message(3, GOOD))
+    (raw,) = on_topic(kafka, "telemetry.raw")
+    kafka.deliver(raw, KafkaError(KafkaError._MSG_TIMED_OUT, "timed out", retriable=True))
+    assert mqtt.acks == []
+    wait_until(lambda: len(on_topic(kafka, "telemetry.raw")) == 2, timeout=5, what="resend")
+    again = on_topic(kafka, "telemetry.raw")[1]
+    assert kafka.records[again].value == kafka.records[raw].value
+    kafka.deliver(again)
+    assert mqtt.acks == [(3, 1)]
+    assert connector.failure is None
+
+
+def test_fatal_producer_error_stops_the_connector(
+    connector: MqttConnector, mqtt: FakeMqtt, kafka: FakeKafka
+) -> None:
+    mqtt.on_message(mqtt, None, message(3, GOOD))
+    (raw,) = on_topic(kafka, "telemetry.raw")
+    kafka.deliver(raw, KafkaError(KafkaError._FATAL, "fenced", fatal=True))
+    assert connector.wait(0)
+    assert connector.failure == "Kafka producer failed: fenced"
+    assert mqtt.acks == []
+
+
+def test_messages_of_a_lost_connection_are_left_to_the_broker(
+    connector: MqttConnector, mqtt: FakeMqtt, kafka: FakeKafka
+) -> None:
+    mqtt.on_message(mqtt, None, message(11, GOOD))
+    mqtt.on_disconnect(mqtt, None, paho.DisconnectFlags(False),
+                       ReasonCode(PacketTypes.DISCONNECT, identifier=0x80), None)
+    assert not connector.wait_connected(0)
+    connect(mqtt)
+    (raw,) = on_topic(kafka, "telemetry.raw")
+    kafka.deliver(raw)
+    assert mqtt.acks == []  # the broker redelivers message 11 on the new connection
+    assert system_kinds(kafka) == ["connector_up", "connector_down", "connector_up"]
+    assert mqtt.subscriptions == [("devices/+/telemetry", 1)] * 2
+
+
+def test_qos0_message_is_forwarded_without_ack(
+    connector: MqttConnector, mqtt: FakeMqtt, kafka: FakeKafka
+) -> None:
+    mqtt.on_message(mqtt, None, message(0, GOOD, qos=0))
+    mqtt.on_message(mqtt, None, message(12, GOOD))
+    kafka.deliver_all()
+    assert mqtt.acks == [(12, 1)]
+
+
+def test_stop_flushes_then_disconnects_and_ignores_late_messages(
+    kafka: FakeKafka, mqtt: FakeMqtt
+) -> None:
+    connector = started(kafka, mqtt)
+    connect(mqtt)
+    mqtt.on_message(mqtt, None, message(1, GOOD))
+    kafka.deliver_all()
+    connector.stop(timeout=0)
+    mqtt.on_message(mqtt, None, message(2, GOOD))
+    assert len(on_topic(kafka, "telemetry.raw")) == 1
+    assert mqtt.acks == [(1, 1)]
+    assert mqtt.calls[-2:] == ["disconnect", "loop_stop"]
+    assert system_kinds(kafka) == ["connector_up", "connector_down"]
+    assert connector.wait(0)
+    assert connector.stop() == 0  # idempotent
+
+
+def test_refused_subscription_fails_the_connector(kafka: FakeKafka, mqtt: FakeMqtt) -> None:
+    connector = started(kafka, mqtt)
+    connect(mqtt, granted=0x80)
+    assert connector.wait(0)
+    assert connector.failure is not None
+    assert connector.failure.startswith("broker refused the subscription to devices/+/telemetry")
+    connector.stop(timeout=0)
+
+
+def test_prefix_and_protocol_are_parameters(kafka: FakeKafka, mqtt: FakeMqtt) -> None:
+    connector = started(kafka, mqtt, prefix="gsm", protocol="gsm")
+    connect(mqtt)
+    assert mqtt.subscriptions == [("gsm/+/telemetry", 1)]
+    mqtt.on_message(mqtt, None, message(1, GOOD, topic="gsm/modem-4/telemetry"))
+    mqtt.on_message(mqtt, None, message(2, b"[]", topic="gsm/modem-4/telemetry"))
+    (raw,) = on_topic(kafka, "telemetry.raw")
+    telemetry = Telemetry.decode(kafka.records[raw].value)
+    assert (telemetry.device_id, telemetry.protocol) == ("modem-4", "gsm")
+    (dlq,) = on_topic(kafka, "telemetry.dlq")
+    dead = DeadLetter.decode(kafka.records[dlq].value)
+    assert (dead.stage, dead.source_topic) == ("connector.gsm", "mqtt:gsm/modem-4/telemetry")
+    connector.stop(timeout=0)

@@ -59,6 +59,11 @@ class Postgres(Service):
         )
 
     @property
+    def log_path(self) -> Path:
+        # Written by the server itself, so it lives where the postgres user may write.
+        return self.cluster_dir / "server.log"
+
+    @property
     def pid_path(self) -> Path:
         return self.data_dir / "postmaster.pid"
 
@@ -83,12 +88,14 @@ class Postgres(Service):
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(cluster, target_is_directory=True)
         (cluster / "run").mkdir(exist_ok=True)
+        self.log_path.touch()
+        logs = self.settings.stack_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        if not (logs / "postgres.log").is_symlink():
+            (logs / "postgres.log").unlink(missing_ok=True)
+            (logs / "postgres.log").symlink_to(self.log_path)
         if os.geteuid() == 0:
             subprocess.run(["chown", "-R", "postgres:postgres", str(cluster)], check=True)
-            # the log folder must be writable by the server too
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self.log_path.touch()
-            subprocess.run(["chown", "postgres:postgres", str(self.log_path)], check=True)
 
     def _initdb(self) -> None:
         pwfile = self.cluster_dir / "pwfile"
@@ -99,7 +106,7 @@ class Postgres(Service):
             _as_postgres([str(BIN / "initdb"), "-D", str(self.data_dir), "-U", self.settings.pg_user,
                           f"--pwfile={pwfile}", "--auth-local=scram-sha-256",
                           "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"]),
-            capture_output=True, text=True,
+            capture_output=True, text=True, cwd=self.cluster_dir,
         )
         pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
@@ -118,7 +125,7 @@ class Postgres(Service):
         result = subprocess.run(
             _as_postgres([str(BIN / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path),
                           "-o", options, "-w", "-t", "60", "start"]),
-            capture_output=True, text=True,
+            capture_output=True, text=True, cwd=self.cluster_dir,
         )
         if result.returncode != 0:
             raise StackError(f"pg_ctl start failed: {result.stdout}{result.stderr}\n{self.tail_log()}")
@@ -151,5 +158,5 @@ class Postgres(Service):
             return
         subprocess.run(
             _as_postgres([str(BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"]),
-            capture_output=True, text=True,
+            capture_output=True, text=True, cwd=self.cluster_dir,
         )

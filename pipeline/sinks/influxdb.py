@@ -9,6 +9,8 @@ single point: the sink is idempotent without bookkeeping.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import aiohttp
 from influxdb_client import Point, WritePrecision
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
@@ -21,6 +23,8 @@ from schemas import Telemetry
 __all__ = ["MEASUREMENT", "InfluxSink", "to_point"]
 
 MEASUREMENT = "telemetry"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def to_point(record: Telemetry) -> Point:
@@ -34,7 +38,8 @@ def to_point(record: Telemetry) -> Point:
                          ("battery_level", meta.battery_level), ("snr", meta.snr)):
         if number is not None:
             point.field(name, float(number))
-    return point.time(record.ts, WritePrecision.US)
+    # An integer: the client's datetime conversion goes through floats and can be 1 µs off.
+    return point.time((record.ts - _EPOCH) // _MICROSECOND, WritePrecision.US)
 
 
 class InfluxSink(Sink):

@@ -71,6 +71,23 @@ def _stop(_: argparse.Namespace) -> int:
     return stop(get_settings())
 
 
+def _dlq(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from pipeline import dlq
+
+    since = datetime.fromisoformat(args.since) if getattr(args, "since", None) else None
+    if since is not None and since.tzinfo is None:
+        raise SystemExit("--since needs a time zone, e.g. 2026-11-27T10:00:00+00:00")
+    where = dlq.Filter(reason=getattr(args, "reason", None), device_id=getattr(args, "device", None),
+                       stage=getattr(args, "stage", None), since=since)
+    if args.action == "list":
+        return dlq.main_list(get_settings(), where, limit=args.limit)
+    if args.action == "show":
+        return dlq.main_show(get_settings(), args.ref)
+    return dlq.main_replay(get_settings(), where, dry_run=args.dry_run)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="webscada", description="WebSCADA Stream")
     parser.add_argument("--log-level", default=None, help="debug|info|warning (default: settings)")
@@ -108,6 +125,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=5)
     p.add_argument("--no-simulator", action="store_true")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("dlq", help="list, show or replay dead letters")
+    dlq_sub = p.add_subparsers(dest="action", required=True)
+    for name, helptext in (("list", "dead letters with reason and source"),
+                           ("replay", "send matching dead letters back to their source")):
+        q = dlq_sub.add_parser(name, help=helptext)
+        q.add_argument("--reason", help="substring of the reason (case-insensitive)")
+        q.add_argument("--device", help="device id")
+        q.add_argument("--stage", help="e.g. agent.validate, connector.mqtt")
+        q.add_argument("--since", help="ISO-8601 time with zone")
+        if name == "list":
+            q.add_argument("--limit", type=int, default=50)
+        else:
+            q.add_argument("--dry-run", action="store_true")
+    q = dlq_sub.add_parser("show", help="one dead letter in full, as JSON")
+    q.add_argument("ref", help="PARTITION:OFFSET, as `dlq list` prints it")
+    p.set_defaults(func=_dlq)
 
     p = sub.add_parser("stop", help="stop what `webscada run` started, and the stack")
     p.set_defaults(func=_stop)

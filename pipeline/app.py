@@ -6,16 +6,23 @@ import time; nothing here touches the event loop.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from importlib.metadata import entry_points
 
 import faust
 
 from pipeline.settings import Settings
 
-__all__ = ["ROLES", "create_app", "raw_topic"]
+__all__ = ["ENTRY_POINT_GROUP", "ROLES", "all_roles", "create_app", "raw_topic"]
 
 # role name → function declaring that role's agents on a fresh app
 Registrar = Callable[[faust.App, Settings], None]
+
+# Packages add stream agents with an entry point in this group:
+#   [project.entry-points."webscada.agents"]
+#   rolling-mean = "mypackage.agents:register_rolling_mean"
+ENTRY_POINT_GROUP = "webscada.agents"
 
 
 def _registrars() -> dict[str, Registrar]:
@@ -33,9 +40,37 @@ def _registrars() -> dict[str, Registrar]:
 ROLES = ("validate", "sink-redis", "sink-influxdb", "sink-postgres")
 
 
+def _load(target: str) -> Registrar:
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"agent {target!r} is not 'module:function'")
+    registrar = getattr(importlib.import_module(module_name), attribute, None)
+    if not callable(registrar):
+        raise ValueError(f"agent {target!r}: {attribute} is not a function of {module_name}")
+    return registrar  # type: ignore[no-any-return]
+
+
+def _extra_registrars(settings: Settings) -> dict[str, Registrar]:
+    """Agents added by data engineers: installed entry points, then the extra_agents setting."""
+    extras: dict[str, Registrar] = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        extras[entry.name] = _load(entry.value)
+    for spec in settings.extra_agents:
+        role, _, target = spec.partition("=")
+        if not role or not target:
+            raise ValueError(f"extra agent {spec!r} is not 'role=module:function'")
+        extras[role.strip()] = _load(target.strip())
+    return extras
+
+
+def all_roles(settings: Settings) -> tuple[str, ...]:
+    """The built-in roles and every extra agent's role, in the order the worker starts them."""
+    return ROLES + tuple(role for role in _extra_registrars(settings) if role not in ROLES)
+
+
 def create_app(role: str, settings: Settings) -> faust.App:
     """A Faust app for ``role`` (consumer group ``webscada-<role>``) with its agents."""
-    registrars = _registrars()
+    registrars = {**_extra_registrars(settings), **_registrars()}
     if role not in registrars:
         raise ValueError(f"unknown worker role {role!r}; one of {', '.join(registrars)}")
     app = faust.App(

@@ -39,7 +39,9 @@ def _spawn(role: str) -> subprocess.Popen[bytes]:
 
 def _supervise(settings: Settings) -> int:
     """One process per role; a role that dies is restarted (with a pause)."""
-    from pipeline.app import ROLES
+    from pipeline.app import all_roles
+
+    roles = all_roles(settings)
 
     stopping = False
 
@@ -49,8 +51,8 @@ def _supervise(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    children = {role: _spawn(role) for role in ROLES}
-    restarts = dict.fromkeys(ROLES, 0.0)
+    children = {role: _spawn(role) for role in roles}
+    restarts = dict.fromkeys(roles, 0.0)
     while not stopping:
         time.sleep(0.5)
         for role, child in list(children.items()):

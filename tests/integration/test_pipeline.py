@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from datetime import timedelta
 
 import pytest
@@ -139,3 +140,39 @@ def test_redis_outage_stalls_only_the_redis_sink(worker: subprocess.Popen[bytes]
     assert latest["temperature"] == "42.0"
     assert latest["ts"] == iso_utc(record.ts)
     assert worker.poll() is None
+
+
+def test_device_profile_rejects_out_of_range_metric_only(
+    worker: subprocess.Popen[bytes], stack: Settings
+) -> None:
+    import psycopg
+
+    device = unique_id("prof")
+    profile = unique_id("profile")
+    with psycopg.connect(stack.pg_conninfo, autocommit=True) as conn:
+        conn.execute("INSERT INTO device_profiles (id, name, metrics) VALUES (%s, %s, %s)",
+                     (profile, "boiler", '{"temperature": {"unit": "°C", "min": -40, "max": 125}}'))
+        conn.execute("INSERT INTO devices (id, protocol, profile_id) VALUES (%s, 'mqtt', %s)",
+                     (device, profile))
+    time.sleep(stack.profile_refresh_s + 1)  # the agent refreshes profiles on a timer
+    record = produce_telemetry(stack, device, {"temperature": 150.0, "pressure": 2.5})
+    latest = wait_until(lambda: redis_latest(stack, device), what="the in-range metric in Redis")
+    assert latest["pressure"] == "2.5"
+    assert "temperature" not in latest
+    letters = wait_until(lambda: dead_letters_for(stack, record.message_id.encode(), timeout=3),
+                         timeout=30, what="dead letter for the out-of-range metric")
+    assert letters[0].reason == "out of profile range: temperature 150.0 is above the maximum 125.0"
+    assert letters[0].device_id == device
+
+
+def test_duplicate_message_id_is_suppressed(worker: subprocess.Popen[bytes], stack: Settings) -> None:
+    device = unique_id("dedup")
+    ts = utcnow()
+    produce_telemetry(stack, device, {"level": 1.0}, ts=ts, message_id=f"{device}-x")
+    wait_until(lambda: redis_latest(stack, device), what="first reading")
+    # The same message id again, even with other content and a newer time, is a duplicate.
+    produce_telemetry(stack, device, {"level": 2.0}, ts=ts + timedelta(seconds=1), message_id=f"{device}-x")
+    produce_telemetry(stack, device, {"marker": 1.0}, ts=ts + timedelta(seconds=2))
+    wait_until(lambda: "marker" in redis_latest(stack, device), what="the reading after the duplicate")
+    assert redis_latest(stack, device)["level"] == "1.0"
+    assert {p["value"] for p in influx_points(stack, device) if p["field"] == "level"} == {1.0}

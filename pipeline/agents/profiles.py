@@ -1,0 +1,117 @@
+"""Device profiles (per metric: unit, min, max) and the range check the validate agent applies."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import psycopg
+
+from schemas import Telemetry
+
+__all__ = ["MetricLimits", "ProfileCache", "RecentIds", "limits_from_json", "split_by_limits"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricLimits:
+    unit: str | None = None
+    min: float | None = None
+    max: float | None = None
+
+    def violation(self, value: float) -> str | None:
+        if self.min is not None and value < self.min:
+            return f"{value!r} is below the minimum {self.min!r}"
+        if self.max is not None and value > self.max:
+            return f"{value!r} is above the maximum {self.max!r}"
+        return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def limits_from_json(metrics: Mapping[str, Any]) -> dict[str, MetricLimits]:
+    """A profile's ``metrics`` JSON as typed limits; malformed entries are ignored (and logged)."""
+    limits: dict[str, MetricLimits] = {}
+    for name, spec in metrics.items():
+        if not isinstance(spec, Mapping):
+            log.warning("profile entry for %r is not an object: %r", name, spec)
+            continue
+        unit = spec.get("unit")
+        limits[name] = MetricLimits(unit=unit if isinstance(unit, str) else None,
+                                    min=_number(spec.get("min")), max=_number(spec.get("max")))
+    return limits
+
+
+def split_by_limits(record: Telemetry, limits: Mapping[str, MetricLimits]
+                    ) -> tuple[Telemetry | None, dict[str, str]]:
+    """The reading without its out-of-range metrics (None if none is left), and why each went."""
+    rejected: dict[str, str] = {}
+    for name, value in record.metrics.items():
+        bound = limits.get(name)
+        why = bound.violation(value) if bound else None
+        if why:
+            rejected[name] = why
+    if not rejected:
+        return record, {}
+    kept = {name: value for name, value in record.metrics.items() if name not in rejected}
+    if not kept:
+        return None, rejected
+    return replace(record, metrics=kept), rejected
+
+
+class ProfileCache:
+    """Each device's metric limits (and the set of known devices), refreshed from PostgreSQL.
+
+    ``refresh()`` runs on a timer; when PostgreSQL is down the last good copy
+    stays in use, so validation never stalls on it.
+    """
+
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self.limits: dict[str, dict[str, MetricLimits]] = {}
+        self.known_devices: set[str] = set()
+        self.loaded = False
+
+    async def refresh(self) -> None:
+        try:
+            async with await psycopg.AsyncConnection.connect(self._conninfo, connect_timeout=3) as conn:
+                cur = await conn.execute(
+                    "SELECT d.id, p.metrics FROM devices d LEFT JOIN device_profiles p ON p.id = d.profile_id"
+                )
+                rows = await cur.fetchall()
+        except psycopg.Error as exc:
+            log.warning("device profiles not refreshed (keeping the last copy): %s", exc)
+            return
+        self.known_devices = {row[0] for row in rows}
+        self.limits = {row[0]: limits_from_json(row[1]) for row in rows if row[1]}
+        self.loaded = True
+
+
+class RecentIds:
+    """The last ``size`` message ids passed on: a repeat within that window is a duplicate.
+
+    Only ids that went on to ``telemetry.valid`` are remembered, so a reading
+    replayed from the DLQ after a fix is not mistaken for a duplicate.
+    """
+
+    def __init__(self, size: int = 200_000) -> None:
+        self._size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._ids
+
+    def remember(self, message_id: str) -> None:
+        self._ids[message_id] = None
+        self._ids.move_to_end(message_id)
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)

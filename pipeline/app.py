@@ -93,7 +93,22 @@ def create_app(role: str, settings: Settings) -> faust.App:
         logging_config=None,
     )
     registrars[role](app, settings)
+    _watch_lag(app, settings)
     return app
+
+
+def _watch_lag(app: faust.App, settings: Settings) -> None:
+    import asyncio
+    import logging
+
+    from pipeline.metrics import measure_lag
+
+    @app.timer(interval=15.0)
+    async def consumer_lag() -> None:
+        try:
+            await asyncio.to_thread(measure_lag, settings.kafka_bootstrap, app.conf.id)
+        except Exception as exc:  # metrics must never take the worker down
+            logging.getLogger(__name__).debug("consumer lag not measured: %s", exc)
 
 
 def raw_topic(app: faust.App, name: str, settings: Settings) -> faust.TopicT:

@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     # Extra stream agents: ["role=module:function", ...] (JSON list in the environment)
     extra_agents: list[str] = Field(default_factory=list)
 
+    # Prometheus /metrics of worker roles: role i listens on metrics_port_base + i (0: off)
+    metrics_host: str = "127.0.0.1"
+    metrics_port_base: int = Field(9300, ge=0)
+
     # Local stack
     stack_dir: Path = ROOT / ".stack"
     cache_dir: Path = Path.home() / ".cache" / "webscada"

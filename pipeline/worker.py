@@ -24,8 +24,12 @@ def main(settings: Settings, *, role: str = "all") -> int:
 def _run_role(settings: Settings, role: str) -> int:
     from faust.worker import Worker
 
-    from pipeline.app import create_app
+    from pipeline.app import all_roles, create_app
+    from pipeline.metrics import serve_metrics
 
+    roles = all_roles(settings)
+    if settings.metrics_port_base and role in roles:
+        serve_metrics(settings.metrics_host, settings.metrics_port_base + roles.index(role))
     (settings.stack_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = create_app(role, settings)
     worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True)

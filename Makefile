@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: venv stack stack-down lint test test-unit test-integration run stop bench clean
+.PHONY: venv stack stack-down browser lint test test-unit test-integration test-e2e run stop bench clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,10 @@ stack: venv
 stack-down: venv
 	$(BIN)/webscada stack down
 
+# Debian's Chromium for the browser tests (Playwright drives it; it never downloads one).
+browser: venv
+	test -x /usr/bin/chromium || $(BIN)/python -c "from infra.services._base import apt_install; apt_install('chromium')"
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -34,7 +38,10 @@ test-unit: venv
 test-integration: venv stack
 	$(BIN)/pytest tests/integration -q
 
-test: venv lint stack
+test-e2e: venv stack browser
+	$(BIN)/pytest tests/e2e -q
+
+test: venv lint stack browser
 	$(BIN)/pytest -q
 
 run: venv

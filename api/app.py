@@ -17,14 +17,28 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
-from api.auth import Authenticator, DevTokenAuthenticator
+from api.alarms import alarm_routes
+from api.auth import Authenticator, JwtAuthenticator
+from api.commands import command_routes
+from api.config import ApiConfig, load_api_config
+from api.device_registry import device_registry_routes
+from api.device_ws import device_socket_route
 from api.devices import device_routes
 from api.errors import exception_handlers
 from api.health import health_endpoint
+from api.history import history_routes
+from api.ingest import ingest_routes, open_ingest
+from api.kafkastats import KafkaStats
+from api.login import login_routes
 from api.metrics import metrics_endpoint
+from api.openapi import describe, openapi_route
+from api.passwords import Passwords
 from api.services import open_services
 from api.sockets import create_socketio
+from api.tokens import AccessTokens
 from api.topics import DEFAULT_QUEUE_SIZE, topic_stream_route
+from api.useradmin import user_admin_routes
+from api.users import UserStore
 from pipeline.settings import Settings
 
 __all__ = ["STATIC_DIR", "create_app", "main"]
@@ -41,7 +55,9 @@ _DASHBOARD_HEADERS = {
 }
 
 
+@describe(content_type="text/html", response={"type": "string"}, errors=())
 async def _dashboard(request: Request) -> Response:
+    """The dashboard (HTML; its scripts and styles are under /static)."""
     return FileResponse(STATIC_DIR / "index.html", headers=_DASHBOARD_HEADERS)
 
 
@@ -50,19 +66,33 @@ def create_app(
     *,
     authenticator: Authenticator | None = None,
     ws_queue_size: int = DEFAULT_QUEUE_SIZE,
+    api_config: ApiConfig | None = None,
 ) -> ASGIApp:
     """The whole API as one ASGI app: REST, ``/ws/topics``, the dashboard and ``/socket.io/``.
 
     Nothing connects here; the lifespan opens PostgreSQL, Redis, the HTTP session
     and the Kafka tail, and closes them on shutdown.
     """
-    auth = authenticator or DevTokenAuthenticator(settings.dev_token)
-    sio = create_socketio(auth)
+    config = api_config or load_api_config(settings)
+    tokens = AccessTokens(
+        secret=config.jwt_secret.get_secret_value(),
+        issuer=config.jwt_issuer,
+        audience=config.jwt_audience,
+        ttl_s=config.access_token_ttl_s,
+    )
+    auth = authenticator or JwtAuthenticator(tokens)
+    sio, fanout = create_socketio(
+        auth,
+        services=lambda: getattr(app.state, "services", None),
+        allowed_origins=config.allowed_origins,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_services(settings, sio) as services:
+        async with open_services(settings, fanout) as services, open_ingest(app, settings):
             app.state.services = services
+            app.state.users = UserStore(services.pool.connection, Passwords())
+            app.state.kafka_stats = KafkaStats(settings.kafka_bootstrap)
             log.info("API ready on http://%s:%d", settings.api_host, settings.api_port)
             yield
 
@@ -70,8 +100,17 @@ def create_app(
         Route("/", _dashboard, methods=["GET"]),
         Route("/health", health_endpoint, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *login_routes(),
+        *user_admin_routes(),
         *device_routes(),
+        *device_registry_routes(),
+        *ingest_routes(),
+        *command_routes(),
+        *alarm_routes(),
+        *history_routes(),
+        openapi_route(),
         topic_stream_route(queue_size=ws_queue_size),
+        device_socket_route(),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     app = Starlette(
@@ -79,6 +118,8 @@ def create_app(
     )
     app.state.settings = settings
     app.state.authenticator = auth
+    app.state.api_config = config
+    app.state.tokens = tokens
     app.state.sio = sio
     return cast(ASGIApp, socketio.ASGIApp(sio, other_asgi_app=app, socketio_path="socket.io"))
 

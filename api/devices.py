@@ -13,8 +13,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api.auth import requires_auth
+from api.access import require_device, visible_filter
+from api.auth import principal_of, requires_auth
 from api.errors import InvalidField, NotFound, ServiceUnavailable
+from api.openapi import describe
 from api.services import services_of
 from schemas.records import DEVICE_ID_PATTERN, iso_utc
 
@@ -66,17 +68,37 @@ def latest_json(fields: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+_DEVICE = {
+    "type": "object",
+    "required": ["id", "protocol"],
+    "properties": {
+        "id": {"type": "string"}, "name": {"type": "string", "nullable": True},
+        "protocol": {"type": "string"}, "application_id": {"type": "string", "nullable": True},
+        "last_seen": {"type": "string", "nullable": True, "format": "date-time"},
+    },
+}
+
+
+@describe(
+    query=[
+        {"name": "limit", "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_LIMIT}},
+        {"name": "offset", "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}},
+    ],
+    response={"type": "array", "items": _DEVICE},
+)
 @requires_auth
 async def list_devices(request: Request) -> Response:
+    """The devices the caller may see, by id."""
     limit = _int_param(request, "limit", 1000, 1, _MAX_LIMIT)
     offset = _int_param(request, "offset", 0, 0, 2**31 - 1)
     pool = services_of(request).pool
+    visible, params = visible_filter(principal_of(request))
     try:
         async with pool.connection(timeout=5.0) as conn:
             cursor = await conn.execute(
                 "SELECT id, name, protocol, application_id, last_seen FROM devices"
-                " ORDER BY id LIMIT %s OFFSET %s",
-                (limit, offset),
+                f" WHERE {visible} ORDER BY id LIMIT %s OFFSET %s",
+                (*params, limit, offset),
             )
             rows = await cursor.fetchall()
     except (PoolTimeout, psycopg.OperationalError) as exc:
@@ -96,9 +118,13 @@ async def list_devices(request: Request) -> Response:
     )
 
 
+@describe(response={"type": "object", "properties": {"ts": {"type": "string"},
+                                                     "protocol": {"type": "string"}}})
 @requires_auth
 async def latest_values(request: Request) -> Response:
+    """A device's latest values (Redis): one number per metric, plus ts and protocol."""
     device_id = _device_id(request)
+    await require_device(request, principal_of(request), device_id)
     client = services_of(request).redis
     try:
         # decode_responses=True: keys and values come back as str.

@@ -15,9 +15,12 @@ from starlette.responses import JSONResponse, Response
 
 __all__ = [
     "ApiError",
+    "BadRequest",
+    "Forbidden",
     "InvalidField",
     "NotFound",
     "ServiceUnavailable",
+    "TooManyRequests",
     "Unauthorized",
     "error_response",
     "exception_handlers",
@@ -41,8 +44,28 @@ class Unauthorized(ApiError):
     status_code = 401
 
 
+class BadRequest(ApiError):
+    status_code = 400
+
+
+class Forbidden(ApiError):
+    """Authenticated, but the role does not allow this."""
+
+    status_code = 403
+
+
 class NotFound(ApiError):
     status_code = 404
+
+
+class TooManyRequests(ApiError):
+    """Rate limited; the answer carries ``Retry-After``."""
+
+    status_code = 429
+
+    def __init__(self, error: str, retry_after_s: int, detail: Any = None) -> None:
+        super().__init__(error, detail)
+        self.retry_after_s = retry_after_s
 
 
 class InvalidField(ApiError):
@@ -68,7 +91,11 @@ def error_response(
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    headers: dict[str, str] | None = None
+    if isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after_s)}
     return error_response(exc.status_code, exc.error, exc.detail, headers)
 
 

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from api.metrics import DEPENDENCY_UP
+from api.openapi import describe
 from api.services import services_of
 from pipeline.settings import Settings
 
@@ -156,7 +157,23 @@ async def check_mqtt(host: str, port: int) -> None:
             await writer.wait_closed()
 
 
+_HEALTH = {
+    "type": "object",
+    "required": ["status", "dependencies"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "degraded"]},
+        "dependencies": {"type": "object", "additionalProperties": {
+            "type": "object", "required": ["status", "latency_ms"],
+            "properties": {"status": {"type": "string", "enum": ["up", "down"]},
+                           "latency_ms": {"type": "number"}, "error": {"type": "string"}},
+        }},
+    },
+}
+
+
+@describe(response=_HEALTH, errors=(), other={503: _HEALTH})
 async def health_endpoint(request: Request) -> JSONResponse:
+    """Each dependency's state (200 when all are up, 503 otherwise)."""
     settings: Settings = request.app.state.settings
     services = services_of(request)
     checks: dict[str, Check] = {

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 from starlette.requests import HTTPConnection
@@ -31,6 +32,7 @@ class Services:
     redis: Redis
     http: aiohttp.ClientSession
     tail: TopicTail
+    influx: InfluxDBClientAsync | None = None  # None only where a test builds Services by hand
 
 
 def services_of(conn: HTTPConnection) -> Services:
@@ -41,7 +43,7 @@ def services_of(conn: HTTPConnection) -> Services:
 
 @contextlib.asynccontextmanager
 async def open_services(settings: Settings, emitter: Emitter) -> AsyncIterator[Services]:
-    """Open the PostgreSQL pool, Redis client, HTTP session and live tail; close them after."""
+    """Open the PostgreSQL pool, Redis, HTTP session, InfluxDB client and live tail; close them after."""
     async with contextlib.AsyncExitStack() as stack:
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             settings.pg_conninfo,
@@ -74,4 +76,12 @@ async def open_services(settings: Settings, emitter: Emitter) -> AsyncIterator[S
         tail.start()
         stack.push_async_callback(tail.stop)
 
-        yield Services(pool=pool, redis=redis, http=http, tail=tail)
+        influx = InfluxDBClientAsync(
+            url=settings.influx_url,
+            token=settings.influx_token.get_secret_value(),
+            org=settings.influx_org,
+            timeout=10_000,
+        )
+        stack.push_async_callback(influx.close)
+
+        yield Services(pool=pool, redis=redis, http=http, tail=tail, influx=influx)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import KafkaError
 
-from api.metrics import LIVE_EVENTS, TAIL_RECORDS, TAIL_RESTARTS, TAIL_SKIPPED
+from api.metrics import INGESTED, LIVE_EVENTS, TAIL_RECORDS, TAIL_RESTARTS, TAIL_SKIPPED
 from api.payloads import record_json
 from api.rooms import Room, RoomError
 from pipeline.settings import Topics
@@ -173,6 +173,8 @@ class TopicTail:
                 "live tail: skipping %s[%d]@%d: %s", topic, message.partition, message.offset, exc
             )
             return
+        if event.event == "telemetry":
+            INGESTED.labels(str(event.payload.get("protocol"))).inc()
         try:
             await self._emitter.emit(event.event, event.payload, to=list(event.rooms))
         except Exception:

@@ -5,8 +5,14 @@ partition assigned), stopped when the client goes away. Frames wait in a bounded
 queue that drops its oldest frame when full, so a slow reader costs a fixed
 amount of memory and simply misses records (counted in ``/metrics``).
 
-Close codes: 4401 bad or missing token, 4404 unknown topic, 4400 bad ``from``,
-1013 Kafka unreachable, 1011 reading Kafka failed mid-stream.
+Admins get every record; other users only records whose value names an
+application granted to them (``application_id``), so a topic whose records carry
+none shows them nothing.
+
+A handshake from a browser page of another origin (``Origin`` not in the
+configured list) is refused with HTTP 403. Close codes: 4401 bad or missing
+token, 4404 unknown topic, 4400 bad ``from``, 1013 Kafka unreachable, 1011
+reading Kafka failed mid-stream.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from aiokafka.errors import KafkaError
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
-from api.auth import authenticator_of, websocket_token
+from api.access import origin_allowed
+from api.auth import Principal, authenticator_of, websocket_token
 from api.metrics import WS_CLIENTS, WS_DROPPED, WS_FRAMES
 from api.payloads import dumps, topic_frame
 from pipeline.settings import Settings, Topics
@@ -73,7 +80,7 @@ def _reason(text: str) -> str:
     return text.encode()[:_MAX_REASON].decode(errors="ignore")
 
 
-def _frame(message: ConsumerRecord[bytes, bytes]) -> str | None:
+def _frame(message: ConsumerRecord[bytes, bytes], principal: Principal) -> str | None:
     if message.value is None:
         return None
     try:
@@ -92,15 +99,22 @@ def _frame(message: ConsumerRecord[bytes, bytes]) -> str | None:
             message.topic, message.partition, message.offset, exc,
         )
         return None
+    value = frame["value"]
+    if not principal.is_admin and not (
+        isinstance(value, dict) and principal.may_see(value.get("application_id"))
+    ):
+        return None
     return dumps(frame)
 
 
-async def _pump(consumer: AIOKafkaConsumer, topic: str, queue: DropOldestQueue[str]) -> None:
+async def _pump(
+    consumer: AIOKafkaConsumer, topic: str, queue: DropOldestQueue[str], principal: Principal
+) -> None:
     while True:
         batches = await consumer.getmany(timeout_ms=1000, max_records=200)
         for messages in batches.values():
             for message in messages:
-                text = _frame(message)
+                text = _frame(message, principal)
                 if text is not None and queue.put(text):
                     WS_DROPPED.labels(topic).inc()
         await asyncio.sleep(0)  # let the sender run between batches of a replay
@@ -126,10 +140,12 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
             await websocket.close(code, _reason(reason))
 
 
-async def _stream(websocket: WebSocket, consumer: AIOKafkaConsumer, topic: str, size: int) -> None:
+async def _stream(
+    websocket: WebSocket, consumer: AIOKafkaConsumer, topic: str, size: int, principal: Principal
+) -> None:
     queue: DropOldestQueue[str] = DropOldestQueue(size)
     tasks = [
-        asyncio.create_task(_pump(consumer, topic, queue)),
+        asyncio.create_task(_pump(consumer, topic, queue, principal)),
         asyncio.create_task(_send(websocket, topic, queue)),
         asyncio.create_task(_watch(websocket)),
     ]
@@ -156,9 +172,13 @@ def topic_stream_route(
 
     async def topic_stream(websocket: WebSocket) -> None:
         topic: str = websocket.path_params["topic"]
+        if not origin_allowed(websocket):
+            await websocket.close(1008)  # before the accept: the handshake is answered 403
+            return
         # Accept first: a close code (4401, 4404) can only be sent on an open WebSocket.
         await websocket.accept()
-        if authenticator_of(websocket).authenticate(websocket_token(websocket)) is None:
+        principal = authenticator_of(websocket).authenticate(websocket_token(websocket))
+        if principal is None:
             await _close(websocket, 4401, "unauthorized: pass ?token= or Authorization: Bearer")
             return
         if topic not in Topics.ALL:
@@ -181,7 +201,7 @@ def topic_stream_route(
         try:
             async with asyncio.timeout(_START_TIMEOUT_S):
                 await consumer.start()
-            await _stream(websocket, consumer, topic, queue_size)
+            await _stream(websocket, consumer, topic, queue_size, principal)
         except (KafkaError, TimeoutError) as exc:
             log.warning("ws tail %s: cannot reach Kafka: %s", topic, exc)
             await _close(websocket, 1013, "Kafka unavailable, try again later")

@@ -1,7 +1,8 @@
 """Protocol connectors: device data in, Avro records on Kafka out.
 
 Run a connector by its module's ``main(settings)`` (``connectors.mqtt``,
-``connectors.simulator``); build on the shared parts exported here.
+``connectors.gsm``, ``connectors.lorawan``, ``connectors.simulator``); build on the
+shared parts exported here.
 """
 
 from connectors.errors import (
@@ -16,7 +17,7 @@ from connectors.errors import (
     ProduceError,
     ProducerClosedError,
 )
-from connectors.mqtt import MqttConnector, Parser
+from connectors.mqtt import MqttConnector, OutRecord, Parser, Translator
 from connectors.payload import (
     MAX_PAYLOAD_BYTES,
     ParsedReading,
@@ -41,6 +42,7 @@ __all__ = [
     "MqttConnector",
     "NotAnObjectError",
     "NotJsonError",
+    "OutRecord",
     "ParsedReading",
     "Parser",
     "PayloadError",
@@ -49,6 +51,7 @@ __all__ = [
     "ProducerClosedError",
     "RecordProducer",
     "RejectedField",
+    "Translator",
     "dead_letter_for_error",
     "derive_message_id",
     "load_object",

@@ -11,7 +11,9 @@ __all__ = [
     "BadDeviceIdError",
     "BadMessageIdError",
     "BadTimestampError",
+    "BluetoothConfigError",
     "ConnectorError",
+    "DecodeError",
     "NotAnObjectError",
     "NotJsonError",
     "PayloadError",
@@ -61,3 +63,21 @@ class ProduceError(ConnectorError):
 
 class ProducerClosedError(ProduceError):
     """A record was produced after :meth:`RecordProducer.close`."""
+
+
+class DecodeError(PayloadError):
+    """A binary or JSON device payload (Cayenne LPP, BTHome, Ruuvi, ChirpStack) cannot be decoded.
+
+    The message says what is wrong and where, e.g. ``Cayenne LPP type 0x99
+    unknown at byte 4``; ``offset`` is that byte offset when there is one.
+    """
+
+    code = "undecodable"
+
+    def __init__(self, message: str, *, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.offset = offset
+
+
+class BluetoothConfigError(ConnectorError):
+    """The Bluetooth connector's device file is missing, unreadable or invalid."""

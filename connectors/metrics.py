@@ -1,20 +1,31 @@
 """Prometheus counters of the connectors, labelled by connector (``mqtt``, ``gsm`` ...).
 
 They live in prometheus-client's default registry; whoever runs a connector
-decides whether to expose it (e.g. ``prometheus_client.start_http_server``).
+decides whether to expose it (:func:`serve_metrics`). The API's HTTP and
+WebSocket ingest count under ``http`` and ``websocket`` and shows them on its
+own ``/metrics``.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+import logging
+import threading
+
+from prometheus_client import Counter, Gauge, start_http_server
 
 __all__ = [
+    "BROKER_CONNECTED",
     "DELIVERY_FAILURES",
     "MESSAGES_RECEIVED",
     "MESSAGES_REJECTED",
     "PRODUCER_BACKPRESSURE",
     "RECORDS_PRODUCED",
+    "serve_metrics",
 ]
+
+logger = logging.getLogger(__name__)
+_served: set[tuple[str, int]] = set()
+_served_lock = threading.Lock()
 
 MESSAGES_RECEIVED = Counter(
     "webscada_connector_messages_received",
@@ -41,3 +52,26 @@ PRODUCER_BACKPRESSURE = Counter(
     "Times produce() waited because the producer's local queue was full.",
     ["connector"],
 )
+BROKER_CONNECTED = Gauge(
+    "webscada_connector_broker_connected",
+    "1 while the connector is connected and subscribed to its device-side broker.",
+    ["connector"],
+)
+
+
+def serve_metrics(host: str, port: int) -> bool:
+    """Serve the default registry on ``http://host:port/metrics`` (once per address).
+
+    Returns False, after logging why, when the port cannot be bound: a
+    connector runs on without its metrics rather than not at all.
+    """
+    with _served_lock:
+        if (host, port) in _served:
+            return True
+        try:
+            start_http_server(port, addr=host)
+        except OSError as exc:
+            logger.warning("cannot serve connector metrics on %s:%d: %s", host, port, exc)
+            return False
+        _served.add((host, port))
+        return True

@@ -12,7 +12,10 @@ so a record Kafka is slow to take holds back the acks behind it; the broker's
 in-flight window then throttles delivery to this connector.
 
 The topic prefix, protocol and payload parser are parameters, so the GSM
-connector (``gsm/+/telemetry``) runs this same class.
+connector (``gsm/+/telemetry``) runs this same class. A connector whose topics
+carry more than readings (ChirpStack's ``application/+/device/+/event/+``)
+passes its own ``subscription`` and a :data:`Translator` that turns one message
+into any number of :class:`OutRecord` s.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import logging
 import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -34,13 +37,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from connectors._signals import on_stop_signals
 from connectors.errors import PayloadError, ProduceError
-from connectors.metrics import MESSAGES_RECEIVED, MESSAGES_REJECTED
+from connectors.metrics import BROKER_CONNECTED, MESSAGES_RECEIVED, MESSAGES_REJECTED, serve_metrics
 from connectors.payload import ParsedReading, dead_letter_for_error, parse_reading
 from connectors.producer import Delivery, RecordProducer
 from pipeline.settings import Settings, Topics
 from schemas.records import SystemEvent, utcnow
 
-__all__ = ["MqttConnector", "Parser", "main", "run"]
+__all__ = ["MqttConnector", "OutRecord", "Parser", "Translator", "main", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +52,18 @@ Parser = Callable[[bytes, str, datetime], ParsedReading]
 
 
 @dataclass(frozen=True, slots=True)
-class _Record:
+class OutRecord:
+    """One Kafka record made from an MQTT message; ``reject_code`` marks a dead letter."""
+
     topic: str
     key: str | None
     value: bytes
+    reject_code: str | None = None
+
+
+Translator = Callable[[str, bytes, datetime], Sequence[OutRecord]]
+"""``(mqtt_topic, payload, received_at) -> records``. Bad input must become a
+dead letter, not an exception; an empty result acknowledges the message as is."""
 
 
 @dataclass(slots=True)
@@ -86,6 +97,8 @@ class MqttConnector:
         prefix: str = "devices",
         protocol: str = "mqtt",
         parser: Parser | None = None,
+        subscription: str | None = None,
+        translator: Translator | None = None,
         keepalive_s: int = 30,
         reconnect_min_s: int = 1,
         reconnect_max_s: int = 30,
@@ -94,10 +107,11 @@ class MqttConnector:
     ) -> None:
         self.host, self.port, self.client_id = host, port, client_id
         self.prefix, self.protocol = prefix, protocol
-        self.subscription = f"{prefix}/+/telemetry"
+        self.subscription = subscription or f"{prefix}/+/telemetry"
         self.stage = f"connector.{protocol}"
         self._producer = producer
         self._parser: Parser = parser or functools.partial(_parse, protocol=protocol)
+        self._translator: Translator = translator or self._records
         self._keepalive_s = keepalive_s
         self._reconnect = (reconnect_min_s, reconnect_max_s)
         self._retry_delay_s = retry_delay_s
@@ -107,7 +121,7 @@ class MqttConnector:
         self._lock = threading.Lock()
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._seq = itertools.count(1)
-        self._retries: queue.SimpleQueue[tuple[int, _Record] | None] = queue.SimpleQueue()
+        self._retries: queue.SimpleQueue[tuple[int, OutRecord] | None] = queue.SimpleQueue()
         self._retry_thread: threading.Thread | None = None
         self._stop_requested = threading.Event()
         self._stopping = threading.Event()
@@ -213,6 +227,7 @@ class MqttConnector:
             self._fail(f"broker refused the subscription to {self.subscription}: {reasons}")
             return
         self._connected.set()
+        BROKER_CONNECTED.labels(self.protocol).set(1)
         if not self._up:
             self._up = True
             self._event("connector_up", f"subscribed to {self.subscription}")
@@ -222,6 +237,7 @@ class MqttConnector:
         reason: ReasonCode, properties: Any,
     ) -> None:
         self._connected.clear()
+        BROKER_CONNECTED.labels(self.protocol).set(0)
         with self._lock:
             self._pending.clear()
         if self._stopping.is_set():
@@ -236,17 +252,34 @@ class MqttConnector:
         if self._stopping.is_set():
             return  # left unacknowledged: the broker redelivers it to the next session
         MESSAGES_RECEIVED.labels(self.protocol).inc()
-        records = self._records(message.topic, bytes(message.payload), utcnow())
+        records = self._translate(message.topic, bytes(message.payload))
         with self._lock:
             seq = next(self._seq)
             self._pending[seq] = _Pending(message.mid, message.qos, len(records))
+            if not records:
+                self._ack_ready()
         for record in records:
             if not self._send(seq, record):
                 return
 
     # from the payload to Kafka records
 
-    def _records(self, topic: str, payload: bytes, received_at: datetime) -> list[_Record]:
+    def _translate(self, topic: str, payload: bytes) -> Sequence[OutRecord]:
+        try:
+            records = self._translator(topic, payload, utcnow())
+        except Exception as exc:
+            # A translator bug must neither lose the message nor kill the network thread.
+            logger.exception("%s: failed on a payload from %s", self.stage, topic)
+            error = PayloadError(f"connector failed on this payload: {exc!r}")
+            dead = dead_letter_for_error(error, payload, device_id=None, stage=self.stage,
+                                         source_topic=f"mqtt:{topic}")
+            records = [OutRecord(Topics.DLQ, None, dead.encode(), error.code)]
+        for record in records:
+            if record.reject_code is not None:
+                MESSAGES_REJECTED.labels(self.protocol, record.reject_code).inc()
+        return records
+
+    def _records(self, topic: str, payload: bytes, received_at: datetime) -> list[OutRecord]:
         source = f"mqtt:{topic}"
         device_id = self._device_id(topic)
         try:
@@ -260,18 +293,16 @@ class MqttConnector:
         else:
             records = []
             if reading.telemetry is not None:
-                records.append(_Record(Topics.RAW, device_id, reading.telemetry.encode()))
+                records.append(OutRecord(Topics.RAW, device_id, reading.telemetry.encode()))
             code = reading.reject_code
             dead = reading.dead_letter(stage=self.stage, source_topic=source)
             if code is not None and dead is not None:
-                MESSAGES_REJECTED.labels(self.protocol, code).inc()
-                records.append(_Record(Topics.DLQ, dead.device_id, dead.encode()))
+                records.append(OutRecord(Topics.DLQ, dead.device_id, dead.encode(), code))
             return records
-        MESSAGES_REJECTED.labels(self.protocol, error.code).inc()
         dead = dead_letter_for_error(
             error, payload, device_id=device_id, stage=self.stage, source_topic=source
         )
-        return [_Record(Topics.DLQ, dead.device_id, dead.encode())]
+        return [OutRecord(Topics.DLQ, dead.device_id, dead.encode(), error.code)]
 
     def _device_id(self, topic: str) -> str:
         head, tail = f"{self.prefix}/", "/telemetry"
@@ -279,7 +310,7 @@ class MqttConnector:
             return topic[len(head) : len(topic) - len(tail)]
         return ""  # not a telemetry topic: rejected as a bad device id
 
-    def _send(self, seq: int, record: _Record) -> bool:
+    def _send(self, seq: int, record: OutRecord) -> bool:
         try:
             self._producer.produce(
                 record.topic, record.key, record.value,
@@ -292,7 +323,7 @@ class MqttConnector:
 
     # producer callbacks (poll thread)
 
-    def _delivered(self, seq: int, record: _Record, delivery: Delivery) -> None:
+    def _delivered(self, seq: int, record: OutRecord, delivery: Delivery) -> None:
         if not delivery.ok:
             if delivery.fatal or self._producer.fatal_error:
                 self._fail(f"Kafka producer failed: {delivery.error}")
@@ -359,16 +390,29 @@ def run(
     protocol: str = "mqtt",
     parser: Parser | None = None,
     client_id: str | None = None,
+    subscription: str | None = None,
+    translator: Translator | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    metrics_port: int | None = None,
 ) -> int:
-    """Run a connector of this kind until SIGINT/SIGTERM; 0 on a clean stop, 1 on failure."""
+    """Run a connector of this kind until SIGINT/SIGTERM; 0 on a clean stop, 1 on failure.
+
+    ``host``/``port`` override the settings' MQTT broker (e.g. ChirpStack's own);
+    ``metrics_port`` serves the Prometheus counters on ``settings.metrics_host``.
+    """
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if metrics_port:
+        serve_metrics(settings.metrics_host, metrics_port)
     producer = RecordProducer.from_settings(settings, connector=protocol)
-    connector = MqttConnector.from_settings(
-        settings, producer=producer, prefix=prefix, protocol=protocol, parser=parser,
-        client_id=client_id or settings.mqtt_client_id,
+    options: dict[str, Any] = {"host": host or settings.mqtt_host, "port": port or settings.mqtt_port}
+    connector = MqttConnector(
+        producer=producer, prefix=prefix, protocol=protocol, parser=parser,
+        client_id=client_id or settings.mqtt_client_id, subscription=subscription,
+        translator=translator, **options,
     )
     with producer, on_stop_signals(connector.request_stop):
         connector.start()
@@ -381,6 +425,6 @@ def run(
     return 1 if connector.failure else 0
 
 
-def main(settings: Settings) -> int:
+def main(settings: Settings, *, client_id: str | None = None) -> int:
     """``webscada connect mqtt``: the MQTT connector for ``devices/+/telemetry``."""
-    return run(settings)
+    return run(settings, client_id=client_id)

@@ -28,16 +28,20 @@ ENTRY_POINT_GROUP = "webscada.agents"
 def _registrars() -> dict[str, Registrar]:
     from pipeline.agents.sink import register_influx_sink, register_postgres_sink, register_redis_sink
     from pipeline.agents.validate import register_validate
+    from pipeline.alarms.agent import register_alarms
+    from pipeline.commands.agent import register_dispatcher
 
     return {
         "validate": register_validate,
         "sink-redis": register_redis_sink,
         "sink-influxdb": register_influx_sink,
         "sink-postgres": register_postgres_sink,
+        "alarms": register_alarms,
+        "dispatcher": register_dispatcher,
     }
 
 
-ROLES = ("validate", "sink-redis", "sink-influxdb", "sink-postgres")
+ROLES = ("validate", "sink-redis", "sink-influxdb", "sink-postgres", "alarms", "dispatcher")
 
 
 def _load(target: str) -> Registrar:

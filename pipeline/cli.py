@@ -42,8 +42,31 @@ def _connect(args: argparse.Namespace) -> int:
     if args.protocol == "mqtt":
         from connectors.mqtt import main as mqtt_main
 
-        return mqtt_main(get_settings())
+        return mqtt_main(get_settings(), client_id=args.client_id)
+    if args.protocol == "gsm":
+        from connectors.gsm import main as gsm_main
+
+        return gsm_main(get_settings(), client_id=args.client_id, metrics_port=args.metrics_port)
+    if args.protocol == "lorawan":
+        from connectors.lorawan import main as lorawan_main
+
+        return lorawan_main(get_settings(), client_id=args.client_id,
+                            metrics_port=args.metrics_port)
+    if args.protocol == "bluetooth":
+        from pathlib import Path
+
+        from connectors.bluetooth import main as bluetooth_main
+
+        if not args.config:
+            raise SystemExit("connect bluetooth needs --config PATH (the device file)")
+        return bluetooth_main(get_settings(), config_path=Path(args.config))
     raise SystemExit(f"unknown connector {args.protocol!r}")
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from connectors.decode import main as decode_main
+
+    return decode_main(args.format, args.payload, bind_key=args.bind_key, mac=args.mac)
 
 
 def _api(_: argparse.Namespace) -> int:
@@ -55,8 +78,13 @@ def _api(_: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from connectors.simulator import main as simulate_main
 
-    return simulate_main(get_settings(), devices=args.devices, interval_s=args.interval,
-                         count=args.count, prefix=args.prefix)
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    try:
+        return simulate_main(get_settings(), devices=args.devices, interval_s=args.interval,
+                             count=args.count, prefix=args.prefix, protocols=protocols,
+                             api_url=args.api_url)
+    except ValueError as exc:  # a bad --protocols/--devices/--count, said in words
+        raise SystemExit(f"webscada simulate: {exc}") from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -69,6 +97,12 @@ def _stop(_: argparse.Namespace) -> int:
     from pipeline.run import stop
 
     return stop(get_settings())
+
+
+def _user(args: argparse.Namespace) -> int:
+    from api.usercli import main as user_main
+
+    return user_main(get_settings(), args)
 
 
 def _dlq(args: argparse.Namespace) -> int:
@@ -108,13 +142,26 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_worker)
 
     p = sub.add_parser("connect", help="run a protocol connector")
-    p.add_argument("protocol", choices=["mqtt"])
+    p.add_argument("protocol", choices=["mqtt", "gsm", "lorawan", "bluetooth"])
+    p.add_argument("--client-id", help="mqtt, gsm, lorawan: MQTT client id (its persistent session)")
+    p.add_argument("--metrics-port", type=int, help="gsm, lorawan: serve Prometheus metrics here")
+    p.add_argument("--config", help="bluetooth: TOML or JSON file mapping addresses to device ids")
     p.set_defaults(func=_connect)
+
+    p = sub.add_parser("decode", help="decode a device payload and print its reading as JSON")
+    p.add_argument("format", choices=["lpp", "bthome", "ruuvi", "chirpstack"])
+    p.add_argument("payload", help="hex (lpp, bthome, ruuvi) or uplink JSON (chirpstack); - reads stdin")
+    p.add_argument("--bind-key", help="bthome: the 32-hex-digit key of an encrypted device")
+    p.add_argument("--mac", help="bthome: the device address, e.g. 54:48:E6:8F:80:A5 (for decryption)")
+    p.set_defaults(func=_decode)
 
     p = sub.add_parser("api", help="run the API and dashboard (uvicorn)")
     p.set_defaults(func=_api)
 
-    p = sub.add_parser("simulate", help="publish simulated device telemetry over MQTT")
+    p = sub.add_parser("simulate", help="simulated devices sending telemetry")
+    p.add_argument("--protocols", default="mqtt",
+                   help="comma-separated: mqtt,gsm,lorawan,http,websocket (default: mqtt)")
+    p.add_argument("--api-url", help="http, websocket: the API (default: settings' api_host:api_port)")
     p.add_argument("--devices", type=int, default=5)
     p.add_argument("--interval", type=float, default=1.0, help="seconds between readings")
     p.add_argument("--count", type=int, default=None, help="readings per device, then stop")
@@ -145,6 +192,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stop", help="stop what `webscada run` started, and the stack")
     p.set_defaults(func=_stop)
+
+    p = sub.add_parser("user", help="add users, grant applications, change passwords")
+    from api.usercli import add_arguments as user_arguments  # argparse only; no I/O
+
+    user_arguments(p)
+    p.set_defaults(func=_user)
     return parser
 
 

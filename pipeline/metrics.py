@@ -16,9 +16,15 @@ CONSUMER_LAG = Gauge("webscada_consumer_lag", "Records not yet processed by a co
 
 def serve_metrics(host: str, port: int) -> None:
     """Serve /metrics of this process (0 disables)."""
-    if port:
+    if not port:
+        return
+    try:
         start_http_server(port, addr=host)
-        log.info("metrics on http://%s:%d/metrics", host, port)
+    except OSError as exc:
+        # Another worker on this machine has the port (overlapping runs): keep working without.
+        log.warning("metrics not served on %s:%d: %s", host, port, exc)
+        return
+    log.info("metrics on http://%s:%d/metrics", host, port)
 
 
 def measure_lag(bootstrap: str, group: str, timeout: float = 5.0) -> dict[tuple[str, int], int]:

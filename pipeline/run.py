@@ -15,6 +15,9 @@ from pipeline.settings import ROOT, Settings
 
 __all__ = ["main", "stop"]
 
+# Every protocol the simulator speaks (HTTP and WebSocket devices send through the API).
+_SIMULATED = "mqtt,gsm,lorawan,http,websocket"
+
 
 def _pids_file(settings: Settings) -> Path:
     return settings.stack_dir / "run.json"
@@ -46,14 +49,20 @@ def main(settings: Settings, *, devices: int = 5, simulate: bool = True) -> int:
     if stack.up(settings) != 0:
         print("the local stack did not come up; see .stack/logs/", file=sys.stderr)
         return 1
+    from api.usercli import ensure_admin
+
+    login_hint = ensure_admin(settings)  # the stack ran the migrations: the users table exists
     stop(settings, quiet=True, stack_too=False)  # leftovers of an earlier run
     children = {
         "worker": _spawn(settings, "worker", "worker"),
         "connector-mqtt": _spawn(settings, "connector-mqtt", "connect", "mqtt"),
+        "connector-gsm": _spawn(settings, "connector-gsm", "connect", "gsm"),
+        "connector-lorawan": _spawn(settings, "connector-lorawan", "connect", "lorawan"),
         "api": _spawn(settings, "api", "api"),
     }
     if simulate:
-        children["simulator"] = _spawn(settings, "simulator", "simulate", "--devices", str(devices))
+        children["simulator"] = _spawn(settings, "simulator", "simulate", "--devices", str(devices),
+                                       "--protocols", _SIMULATED)
     _record_pids(settings, children)
     deadline = time.monotonic() + 60
     while not _api_healthy(settings) and time.monotonic() < deadline:
@@ -66,7 +75,8 @@ def main(settings: Settings, *, devices: int = 5, simulate: bool = True) -> int:
         time.sleep(0.5)
     took = time.monotonic() - started
     print(f"\nWebSCADA Stream is up in {took:.0f} s. Dashboard: "
-          f"http://{settings.api_host}:{settings.api_port}/  (token: the WEBSCADA_DEV_TOKEN setting)")
+          f"http://{settings.api_host}:{settings.api_port}/")
+    print(login_hint)
     print("Logs in .stack/logs/. Ctrl-C (or `make stop` elsewhere) stops everything.", flush=True)
 
     stopping = False
@@ -83,7 +93,10 @@ def main(settings: Settings, *, devices: int = 5, simulate: bool = True) -> int:
             if child.poll() is not None and not stopping:
                 print(f"{name} exited ({child.returncode}); restarting", file=sys.stderr)
                 args = {"worker": ("worker",), "connector-mqtt": ("connect", "mqtt"),
-                        "api": ("api",), "simulator": ("simulate", "--devices", str(devices))}[name]
+                        "connector-gsm": ("connect", "gsm"),
+                        "connector-lorawan": ("connect", "lorawan"), "api": ("api",),
+                        "simulator": ("simulate", "--devices", str(devices),
+                                      "--protocols", _SIMULATED)}[name]
                 children[name] = _spawn(settings, name, *args)
         _record_pids(settings, children)
     print("stopping ...", flush=True)

@@ -67,7 +67,6 @@ class Settings(BaseSettings):
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    dev_token: SecretStr = SecretStr("webscada-dev")
 
     # Pipeline behaviour
     auto_register: bool = True
@@ -77,6 +76,36 @@ class Settings(BaseSettings):
     profile_refresh_s: float = Field(5.0, gt=0)
     # Extra stream agents: ["role=module:function", ...] (JSON list in the environment)
     extra_agents: list[str] = Field(default_factory=list)
+
+    # HTTP / WebSocket device ingest
+    ingest_max_body_bytes: int = Field(262_144, ge=1024)
+    ingest_max_readings: int = Field(100, ge=1)
+    ingest_rate_limit: int = Field(600, ge=1)
+    ingest_rate_window_s: int = Field(60, ge=1)
+    ingest_idempotency_ttl_s: int = Field(86_400, ge=60)
+    ingest_ack_timeout_s: float = Field(1.0, gt=0)
+
+    # Alarm notifications (SMTP e-mail and webhooks)
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_from: str = "webscada@localhost"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    webhook_timeout_s: float = Field(5.0, gt=0)
+    notify_queue_size: int = Field(1000, ge=1)
+    notify_retries: int = Field(3, ge=0)
+    notify_recipient_limit: int = Field(20, ge=1)
+    notify_recipient_window_s: float = Field(60.0, gt=0)
+
+    # Command dispatcher
+    command_batch_size: int = Field(200, ge=1)
+    command_expiry_interval_s: float = Field(1.0, gt=0)
+    command_puback_timeout_s: float = Field(10.0, gt=0)
+    command_sent_wait_s: float = Field(5.0, ge=0)
+
+    # Bluetooth LE connector: TOML/JSON file mapping addresses to device ids
+    ble_devices_path: Path | None = None
 
     # Prometheus /metrics of worker roles: role i listens on metrics_port_base + i (0: off)
     metrics_host: str = "127.0.0.1"

@@ -6,6 +6,7 @@ dict that :mod:`schemas.codec` encodes.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -18,10 +19,14 @@ from schemas.codec import registry
 from schemas.errors import InvalidRecordError
 
 __all__ = [
+    "COMMAND_NAME_PATTERN",
+    "COMMAND_STATUSES",
     "DEVICE_ID_PATTERN",
     "METRIC_NAME_PATTERN",
     "PROTOCOLS",
     "RESERVED_METRICS",
+    "Command",
+    "CommandStatus",
     "DeadLetter",
     "Location",
     "SystemEvent",
@@ -310,3 +315,125 @@ class SystemEvent:
 
     def encode(self) -> bytes:
         return registry().encode(self.SCHEMA, self.to_avro())
+
+
+COMMAND_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")
+COMMAND_STATUSES = ("queued", "sent", "delivered", "acked", "failed", "expired")
+_MAX_COMMAND_ID = 64
+_MAX_DETAIL = 1000
+
+
+def _command_id(value: object) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= _MAX_COMMAND_ID:
+        raise InvalidRecordError(f"command id {value!r} must be 1 to {_MAX_COMMAND_ID} characters")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A control command to one device (Avro ``io.webscada.Command``); ``params`` is a JSON object."""
+
+    id: str
+    device_id: str
+    name: str
+    params: Mapping[str, Any]
+    created_at: datetime
+    expires_at: datetime
+    requested_by: str | None = None
+
+    SCHEMA = "io.webscada.Command"
+
+    def __post_init__(self) -> None:
+        _command_id(self.id)
+        check_device_id(self.device_id)
+        if not isinstance(self.name, str) or not COMMAND_NAME_PATTERN.fullmatch(self.name):
+            raise InvalidRecordError(
+                f"command name {self.name!r} does not match {COMMAND_NAME_PATTERN.pattern}"
+            )
+        if not isinstance(self.params, Mapping):
+            raise InvalidRecordError(f"command params must be a JSON object, got {self.params!r}")
+        try:
+            json.dumps(dict(self.params), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRecordError(f"command params are not JSON: {exc}") from exc
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        object.__setattr__(self, "created_at", _aware(self.created_at, "created_at"))
+        object.__setattr__(self, "expires_at", _aware(self.expires_at, "expires_at"))
+        if self.expires_at < self.created_at:
+            raise InvalidRecordError("command expires_at is before its created_at")
+
+    @property
+    def params_json(self) -> str:
+        return json.dumps(dict(self.params), separators=(",", ":"), sort_keys=True)
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "device_id": self.device_id,
+            "name": self.name,
+            "params_json": self.params_json,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "requested_by": self.requested_by,
+        }
+
+    @classmethod
+    def from_avro(cls, data: Mapping[str, Any]) -> Command:
+        try:
+            params = json.loads(data["params_json"])
+            return cls(id=data["id"], device_id=data["device_id"], name=data["name"],
+                       params=params, created_at=data["created_at"],
+                       expires_at=data["expires_at"], requested_by=data.get("requested_by"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidRecordError(f"Command record is invalid: {exc!r}") from exc
+
+    def encode(self) -> bytes:
+        return registry().encode(self.SCHEMA, self.to_avro())
+
+    @classmethod
+    def decode(cls, data: bytes) -> Command:
+        return cls.from_avro(registry().decode(data, cls.SCHEMA).record)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandStatus:
+    """One step of a command's lifecycle (Avro ``io.webscada.CommandStatus``)."""
+
+    command_id: str
+    device_id: str
+    status: str
+    at: datetime = field(default_factory=utcnow)
+    detail: str = ""
+
+    SCHEMA = "io.webscada.CommandStatus"
+
+    def __post_init__(self) -> None:
+        _command_id(self.command_id)
+        check_device_id(self.device_id)
+        if self.status not in COMMAND_STATUSES:
+            raise InvalidRecordError(
+                f"command status {self.status!r} is not one of {', '.join(COMMAND_STATUSES)}"
+            )
+        object.__setattr__(self, "at", _aware(self.at, "at"))
+        if not isinstance(self.detail, str):
+            raise InvalidRecordError(f"command status detail must be text, got {self.detail!r}")
+        object.__setattr__(self, "detail", self.detail[:_MAX_DETAIL])
+
+    def to_avro(self) -> dict[str, Any]:
+        return {"command_id": self.command_id, "device_id": self.device_id,
+                "status": self.status, "at": self.at, "detail": self.detail}
+
+    @classmethod
+    def from_avro(cls, data: Mapping[str, Any]) -> CommandStatus:
+        try:
+            return cls(command_id=data["command_id"], device_id=data["device_id"],
+                       status=data["status"], at=data["at"], detail=data.get("detail") or "")
+        except (KeyError, TypeError) as exc:
+            raise InvalidRecordError(f"CommandStatus record is incomplete: {exc!r}") from exc
+
+    def encode(self) -> bytes:
+        return registry().encode(self.SCHEMA, self.to_avro())
+
+    @classmethod
+    def decode(cls, data: bytes) -> CommandStatus:
+        return cls.from_avro(registry().decode(data, cls.SCHEMA).record)

@@ -1,57 +1,123 @@
-// WebSCADA Stream dashboard: devices from /api/devices, live values from
-// /ws/topics/telemetry.valid. Plain JS, same origin only, no build step.
+// WebSCADA Stream dashboard: log in, devices from /api/devices, live values over
+// Socket.IO (sio.js), history from /api/devices/{id}/history (chart.js), alarms
+// with acknowledge, commands. Plain JS, same origin only, no build step.
 (() => {
   "use strict";
 
-  const TOKEN_KEY = "webscada.token";
+  const SESSION_KEY = "webscada.session";
   const META_FIELDS = new Set(["ts", "protocol", "signal_strength", "battery_level", "snr",
     "application_id", "status", "gateway_id"]);
-  const MAX_LATEST_FETCHES = 200;
+  const MAX_ROOMS = 200;
+  const RANGES = { "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800 };
 
   const $ = (selector) => document.querySelector(selector);
   const state = {
-    token: localStorage.getItem(TOKEN_KEY) || "",
-    devices: new Map(), // id -> {row, cells, lastTs}
+    session: JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null"),
+    me: null,
+    devices: new Map(), // id -> {row, cells, lastTs, lastSeen, metrics}
+    selected: null,
     socket: null,
+    rooms: new Set(),
     retryMs: 1000,
     retryTimer: null,
+    refreshTimer: null,
+    commands: new Map(), // command id -> {item, history}
   };
 
   class AuthError extends Error {}
 
-  // ---- token -------------------------------------------------------------
+  // ---- session -----------------------------------------------------------
+
+  function saveSession(answer) {
+    state.session = {
+      access: answer.access_token,
+      refresh: answer.refresh_token,
+      expiresAt: Date.now() + answer.expires_in * 1000,
+    };
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify(state.session));
+    scheduleRefresh();
+  }
+
+  function scheduleRefresh() {
+    clearTimeout(state.refreshTimer);
+    if (!state.session) return;
+    const inMs = Math.max(5000, state.session.expiresAt - Date.now() - 60000);
+    state.refreshTimer = setTimeout(refreshSession, inMs);
+  }
+
+  async function refreshSession() {
+    if (!state.session) return false;
+    const response = await fetch("/api/auth/refresh", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ refresh_token: state.session.refresh }),
+    });
+    if (!response.ok) {
+      showLogin("Your session ended; log in again.");
+      return false;
+    }
+    saveSession(await response.json());
+    return true;
+  }
 
   function showLogin(message) {
-    stopStream();
+    stopLive();
+    clearTimeout(state.refreshTimer);
+    state.session = null;
+    sessionStorage.removeItem(SESSION_KEY);
     $("#board").hidden = true;
-    $("#change-token").hidden = true;
+    $("#logout").hidden = true;
+    $("#who").textContent = "";
     $("#login").hidden = false;
     $("#login-error").textContent = message || "";
-    $("#token").value = "";
-    $("#token").focus();
+    $("#password").value = "";
+    $("#username").focus();
     setStatus("off", "signed out");
   }
 
-  $("#login").addEventListener("submit", (event) => {
+  $("#login").addEventListener("submit", async (event) => {
     event.preventDefault();
-    state.token = $("#token").value.trim();
-    localStorage.setItem(TOKEN_KEY, state.token);
+    $("#login-error").textContent = "";
+    const response = await fetch("/api/auth/token", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ username: $("#username").value.trim(), password: $("#password").value }),
+    });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      const wait = response.headers.get("Retry-After");
+      $("#login-error").textContent = response.status === 429
+        ? `Too many failed attempts; try again in ${wait} s.`
+        : (body.detail && typeof body.detail === "string" ? body.detail : body.error || "Login failed.");
+      return;
+    }
+    saveSession(body);
     start();
   });
 
-  $("#change-token").addEventListener("click", () => {
-    localStorage.removeItem(TOKEN_KEY);
-    state.token = "";
-    showLogin("");
-  });
+  $("#logout").addEventListener("click", () => showLogin(""));
 
   // ---- REST --------------------------------------------------------------
 
-  async function getJson(path) {
+  async function api(path, options = {}, retried = false) {
     const response = await fetch(path, {
-      headers: { Authorization: `Bearer ${state.token}`, Accept: "application/json" },
+      ...options,
+      headers: {
+        Authorization: `Bearer ${state.session ? state.session.access : ""}`,
+        Accept: "application/json",
+        ...(options.body ? { "Content-Type": "application/json" } : {}),
+        ...(options.headers || {}),
+      },
     });
-    if (response.status === 401) throw new AuthError("token refused");
+    if (response.status === 401) {
+      if (!retried && await refreshSession()) return api(path, options, true);
+      throw new AuthError("token refused");
+    }
+    return response;
+  }
+
+  async function getJson(path) {
+    const response = await api(path);
     if (response.status === 404) return null;
     if (!response.ok) {
       const body = await response.json().catch(() => ({}));
@@ -60,7 +126,7 @@
     return response.json();
   }
 
-  // ---- table -------------------------------------------------------------
+  // ---- devices table -----------------------------------------------------
 
   function cell(row, className) {
     const td = document.createElement("td");
@@ -73,12 +139,16 @@
     let entry = state.devices.get(id);
     if (entry) return entry;
     const row = document.createElement("tr");
+    row.dataset.device = id;
+    row.tabIndex = 0;
     const cells = {
-      id: cell(row), protocol: cell(row), application: cell(row), age: cell(row),
-      signal: cell(row), battery: cell(row), values: cell(row),
+      id: cell(row, "device-id"), protocol: cell(row), application: cell(row), age: cell(row),
+      signal: cell(row), battery: cell(row), values: cell(row, "values"),
     };
     cells.id.textContent = id;
-    entry = { row, cells, lastTs: null, lastSeen: null };
+    entry = { row, cells, lastTs: null, lastSeen: null, metrics: {} };
+    row.addEventListener("click", () => selectDevice(id));
+    row.addEventListener("keydown", (event) => { if (event.key === "Enter") selectDevice(id); });
     state.devices.set(id, entry);
     insertSorted(id, row);
     $("#empty").hidden = true;
@@ -97,15 +167,18 @@
     return unit ? `${text} ${unit}` : text;
   }
 
-  function showValues(entry, metrics) {
-    const target = entry.cells.values;
+  function renderValues(target, metrics) {
     target.replaceChildren();
     for (const name of Object.keys(metrics).sort()) {
       const span = document.createElement("span");
       span.className = "metric";
+      span.dataset.metric = name;
       const label = document.createElement("b");
       label.textContent = `${name} `;
-      span.append(label, formatNumber(metrics[name]));
+      const value = document.createElement("span");
+      value.className = "metric-value";
+      value.textContent = formatNumber(metrics[name]);
+      span.append(label, value);
       target.appendChild(span);
     }
   }
@@ -115,15 +188,21 @@
     const ts = Date.parse(reading.ts);
     if (entry.lastTs !== null && ts < entry.lastTs) return; // an older reading arrived late
     entry.lastTs = ts;
+    entry.metrics = { ...entry.metrics, ...reading.metrics };
     if (reading.protocol) entry.cells.protocol.textContent = reading.protocol;
     if (reading.application_id) entry.cells.application.textContent = reading.application_id;
-    entry.cells.signal.textContent = formatNumber(reading.signal_strength, "dBm");
-    entry.cells.battery.textContent = formatNumber(reading.battery_level, "%");
-    showValues(entry, reading.metrics);
+    if (reading.signal_strength !== undefined) {
+      entry.cells.signal.textContent = formatNumber(reading.signal_strength, "dBm");
+    }
+    if (reading.battery_level !== undefined) {
+      entry.cells.battery.textContent = formatNumber(reading.battery_level, "%");
+    }
+    renderValues(entry.cells.values, entry.metrics);
     updateAge(entry);
     entry.row.classList.remove("flash");
     void entry.row.offsetWidth; // restart the highlight animation
     entry.row.classList.add("flash");
+    if (state.selected === id) showDetailValues(entry);
   }
 
   function updateAge(entry) {
@@ -141,19 +220,7 @@
     td.className = seconds < 60 ? "age-fresh" : seconds < 300 ? "age-stale" : "age-old";
   }
 
-  // Readings as the Redis latest hash gives them: flat, metrics beside ts/protocol/...
-  function fromLatest(latest) {
-    const metrics = {};
-    for (const [name, value] of Object.entries(latest)) {
-      if (!META_FIELDS.has(name) && typeof value === "number") metrics[name] = value;
-    }
-    return {
-      ts: latest.ts, protocol: latest.protocol, metrics,
-      signal_strength: latest.signal_strength, battery_level: latest.battery_level,
-    };
-  }
-
-  // Readings as /ws/topics streams them: Telemetry.to_json().
+  // A reading as Socket.IO sends it (Telemetry JSON, or a snapshot from Redis).
   function fromTelemetry(value) {
     const meta = value.metadata || {};
     return {
@@ -164,7 +231,7 @@
   }
 
   async function loadDevices() {
-    const devices = await getJson("/api/devices");
+    const devices = await getJson("/api/devices") || [];
     for (const device of devices) {
       const entry = deviceEntry(device.id);
       if (device.name && device.name !== device.id) entry.cells.id.title = device.name;
@@ -174,13 +241,63 @@
       updateAge(entry);
     }
     $("#empty").hidden = state.devices.size > 0;
-    await Promise.all(devices.slice(0, MAX_LATEST_FETCHES).map(async (device) => {
-      const latest = await getJson(`/api/devices/${encodeURIComponent(device.id)}/latest`);
-      if (latest) showReading(device.id, fromLatest(latest));
-    }));
+    await subscribeAll();
   }
 
-  // ---- live stream -------------------------------------------------------
+  // ---- device detail: values, history, commands ---------------------------
+
+  function showDetailValues(entry) {
+    renderValues($("#detail-values"), entry.metrics);
+    const select = $("#history-metric");
+    const names = Object.keys(entry.metrics).sort();
+    const current = select.value;
+    if ([...select.options].map((o) => o.value).join() !== names.join()) {
+      select.replaceChildren(...names.map((name) => new Option(name, name)));
+      if (names.includes(current)) select.value = current;
+    }
+  }
+
+  function selectDevice(id) {
+    state.selected = id;
+    for (const [other, entry] of state.devices) entry.row.classList.toggle("selected", other === id);
+    $("#detail").hidden = false;
+    $("#detail-id").textContent = id;
+    $("#history-info").textContent = "";
+    $("#command-info").textContent = "";
+    $("#commands").replaceChildren();
+    state.commands.clear();
+    showDetailValues(state.devices.get(id));
+    subscribeAll(); // the selected device's room comes first
+    drawChart($("#chart"), [], { start: Date.now() - 3600000, stop: Date.now() }, "–");
+    loadCommands(id);
+  }
+
+  $("#history-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const id = state.selected;
+    const metric = $("#history-metric").value;
+    if (!id || !metric) return;
+    const seconds = RANGES[$("#history-range").value];
+    const params = new URLSearchParams({
+      metric, start: `-${seconds}s`, stop: "now", agg: $("#history-agg").value,
+    });
+    const response = await api(`/api/devices/${encodeURIComponent(id)}/history?${params}`);
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      $("#history-info").textContent = `History unavailable: ${body.error || response.status}`;
+      return;
+    }
+    const points = body.points.map((p) => ({ t: Date.parse(p.time), v: p.value }));
+    drawChart($("#chart"), points, { start: Date.parse(body.start), stop: Date.parse(body.stop) }, metric);
+    $("#history-info").textContent =
+      `${points.length} points, ${body.agg} per ${body.every_s} s, ${metric}`;
+    $("#chart").dataset.points = String(points.length);
+  });
+
+  const actions = createActions({ $, api, state, formatNumber });
+  const { loadCommands, onCommandStatus, loadAlarms, onAlarm } = actions;
+
+  // ---- live stream ---------------------------------------------------------
 
   function setStatus(kind, text) {
     const badge = $("#status");
@@ -188,65 +305,93 @@
     badge.textContent = text;
   }
 
-  function stopStream() {
+  function stopLive() {
     clearTimeout(state.retryTimer);
     if (state.socket) {
-      state.socket.onclose = null;
+      state.socket.onState = () => {};
       state.socket.close();
       state.socket = null;
     }
   }
 
-  function connectStream() {
-    stopStream();
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const url = `${scheme}//${location.host}/ws/topics/telemetry.valid?from=latest`
-      + `&token=${encodeURIComponent(state.token)}`;
-    const socket = new WebSocket(url);
-    state.socket = socket;
-    setStatus("wait", "connecting");
-    socket.onopen = () => {
-      state.retryMs = 1000;
-      setStatus("on", "live");
-    };
-    socket.onmessage = (event) => {
-      const frame = JSON.parse(event.data);
-      if (frame.schema === "io.webscada.Telemetry" && frame.value) {
-        showReading(frame.value.device_id, fromTelemetry(frame.value));
-      }
-    };
-    socket.onclose = (event) => {
-      state.socket = null;
-      if (event.code === 4401) {
-        showLogin("The token was refused.");
-        return;
-      }
-      setStatus("off", `offline, retrying in ${Math.round(state.retryMs / 1000)} s`);
-      state.retryTimer = setTimeout(connectStream, state.retryMs);
-      state.retryMs = Math.min(state.retryMs * 2, 30000);
-    };
+  async function subscribeAll() {
+    const socket = state.socket;
+    if (!socket || !socket.connected) return;
+    // Admins see every application: one room per device, the selected one and the most
+    // recently heard first (a room count that stays bounded for large fleets).
+    const recent = [...state.devices.entries()]
+      .sort(([, a], [, b]) => (b.lastTs ?? b.lastSeen ?? 0) - (a.lastTs ?? a.lastSeen ?? 0))
+      .map(([id]) => id);
+    const devices = [state.selected, ...recent].filter(Boolean).slice(0, MAX_ROOMS);
+    const wanted = state.me && state.me.all_applications
+      ? ["alarms", ...devices.map((id) => `device:${id}`)]
+      : (state.me ? state.me.applications.map((app) => `application:${app}`) : []);
+    for (const room of wanted) {
+      if (state.rooms.has(room)) continue;
+      const ack = await socket.call("subscribe", { room });
+      if (ack && ack.ok) state.rooms.add(room);
+    }
   }
 
-  // ---- start -------------------------------------------------------------
+  function connectLive() {
+    stopLive();
+    state.rooms.clear();
+    const socket = new LiveSocket(state.session.access, {
+      onEvent: (name, data) => {
+        if (name === "telemetry" && data && data.device_id) showReading(data.device_id, fromTelemetry(data));
+        else if (name === "alarm" && data) onAlarm(data);
+        else if (name === "command_status" && data) onCommandStatus(data);
+      },
+      onState: (kind, detail) => {
+        if (kind === "live") {
+          state.retryMs = 1000;
+          setStatus("on", "live");
+          subscribeAll();
+        } else if (kind === "connecting") {
+          setStatus("wait", "connecting");
+        } else {
+          state.socket = null;
+          if (kind === "refused") {
+            refreshSession().then((ok) => { if (ok) connectLive(); });
+            return;
+          }
+          setStatus("off", `offline, retrying in ${Math.round(state.retryMs / 1000)} s`);
+          state.retryTimer = setTimeout(connectLive, state.retryMs);
+          state.retryMs = Math.min(state.retryMs * 2, 30000);
+          if (detail) console.info("live stream:", detail);
+        }
+      },
+    });
+    state.socket = socket;
+    socket.open();
+  }
+
+  // ---- start ---------------------------------------------------------------
 
   async function start() {
-    if (!state.token) {
+    if (!state.session) {
       showLogin("");
       return;
     }
+    scheduleRefresh();
     $("#login").hidden = true;
     $("#board").hidden = false;
-    $("#change-token").hidden = false;
+    $("#logout").hidden = false;
     $("#board-error").textContent = "";
-    connectStream();
     try {
+      state.me = await getJson("/api/auth/me");
+      $("#who").textContent = `${state.me.username} (${state.me.role})`;
+      $("#command-form").hidden = state.me.role === "viewer";
+      connectLive();
       await loadDevices();
+      await loadAlarms();
     } catch (error) {
-      if (error instanceof AuthError) showLogin("The token was refused.");
-      else $("#board-error").textContent = `Could not load devices: ${error.message}`;
+      if (error instanceof AuthError) showLogin("Your session ended; log in again.");
+      else $("#board-error").textContent = `Could not load: ${error.message}`;
     }
   }
 
   setInterval(() => state.devices.forEach(updateAge), 1000);
+  setInterval(() => { if (state.session && !$("#board").hidden) loadDevices().catch(() => {}); }, 30000);
   start();
 })();

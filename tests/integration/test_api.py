@@ -389,12 +389,17 @@ async def test_invalid_input_is_422_naming_the_field(api_server: ApiServer, path
 
 
 async def test_dashboard_is_served_without_external_urls(api_server: ApiServer) -> None:
+    from api.app import STATIC_DIR
+
+    assets = sorted(p.relative_to(STATIC_DIR).as_posix() for p in STATIC_DIR.rglob("*") if p.is_file())
     async with httpx.AsyncClient(base_url=api_server.base_url, timeout=10) as client:
         page = await client.get("/")
-        script = await client.get("/static/app.js")
-        style = await client.get("/static/style.css")
-    for response in (page, script, style):
+        served = {name: await client.get(f"/static/{name}") for name in assets}
+    for response in (page, *served.values()):
         assert response.status_code == 200
         assert "http://" not in response.text and "https://" not in response.text
-    assert "/ws/topics/telemetry.valid" in script.text
-    assert "webscada-dev" in page.text
+    for name in ("sio.js", "chart.js", "app.js", "style.css"):
+        assert f"/static/{name}" in page.text
+    assert "/socket.io/" in served["sio.js"].text
+    assert "/api/auth/token" in served["app.js"].text
+    assert "default-src 'self'" in page.headers["content-security-policy"]

@@ -244,7 +244,7 @@ async def test_run_checks_reports_up_down_and_timeouts_concurrently() -> None:
 
 
 async def test_rest_routes_check_token_and_device_id_before_any_service() -> None:
-    app = create_app(Settings(dev_token=SecretStr("unit-token")))
+    app = create_app(Settings(), authenticator=DevTokenAuthenticator(SecretStr("unit-token")))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
         missing = await client.get("/api/devices")

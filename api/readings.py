@@ -1,0 +1,146 @@
+"""The body an HTTP or WebSocket device sends, checked all-or-nothing (pure; no I/O).
+
+One reading (the MQTT device body of :mod:`connectors.payload`) or a JSON array
+of them. Unlike MQTT, which keeps a reading's valid metrics and dead-letters the
+rest, a device here gets an answer, so any bad value refuses the whole body and
+:class:`InvalidReadings` names every bad field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from connectors._values import kind
+from connectors.errors import BadMessageIdError, BadTimestampError, PayloadError
+from connectors.payload import load_object, reading_from_object
+from schemas.records import Telemetry
+
+__all__ = ["FieldError", "InvalidReadings", "parse_readings"]
+
+# Keys a device does not decide here: the registered application, and the header's id.
+_APPLICATION_KEY = "applicationId"
+_MESSAGE_KEY = "messageId"
+_FIELD_OF_ERROR = {BadTimestampError: "timestamp", BadMessageIdError: _MESSAGE_KEY}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One bad value: the reading's index in an array (None for a single reading), its
+    path in the reading and why it is bad."""
+
+    index: int | None
+    field: str
+    message: str
+
+    @property
+    def path(self) -> str:
+        """``telemetry.mode``, ``[2].timestamp``, ``[1]`` (the item itself) or ``body``."""
+        if self.index is None:
+            return self.field or "body"
+        return f"[{self.index}]" + (f".{self.field}" if self.field else "")
+
+
+class InvalidReadings(ValueError):
+    """The body cannot be accepted; ``errors`` lists every reason (at least one)."""
+
+    def __init__(self, errors: list[FieldError], code: str = "invalid_payload") -> None:
+        super().__init__("; ".join(f"{e.path}: {e.message}" for e in errors))
+        self.errors = errors
+        self.code = code
+
+    def detail(self) -> dict[str, Any]:
+        """The JSON ``detail`` of a 422: the first bad field, then all of them."""
+        first = self.errors[0]
+        return {
+            "field": first.path,
+            "message": first.message,
+            "errors": [{"index": e.index, "field": e.field, "message": e.message}
+                       for e in self.errors],
+        }
+
+
+def parse_readings(
+    body: bytes,
+    *,
+    device_id: str,
+    protocol: str,
+    received_at: datetime,
+    application_id: str | None,
+    idempotency_key: str | None = None,
+    max_readings: int = 100,
+) -> list[Telemetry]:
+    """Every reading of ``body``, or :class:`InvalidReadings`.
+
+    ``idempotency_key`` becomes the message id (``{key}-{i}`` in an array) and wins
+    over a ``messageId`` of the body. Without either, the id is derived from the
+    reading's bytes (and ``received_at`` when it carries no timestamp).
+    """
+    items, single = _items(body, max_readings)
+    readings: list[Telemetry] = []
+    errors: list[FieldError] = []
+    code: str | None = None
+    for index, item in enumerate(items):
+        at = None if single else index
+        if not isinstance(item, dict):
+            errors.append(FieldError(at, "", f"a reading must be a JSON object, not {kind(item)}"))
+            code = code or "not_an_object"
+            continue
+        obj = {k: v for k, v in item.items() if k != _APPLICATION_KEY}
+        message_id = None
+        if idempotency_key is not None:
+            obj.pop(_MESSAGE_KEY, None)
+            message_id = idempotency_key if single else f"{idempotency_key}-{index}"
+        payload = body if single else json.dumps(
+            item, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        try:
+            parsed = reading_from_object(
+                obj, payload=payload, device_id=device_id, protocol=protocol,
+                received_at=received_at, message_id=message_id, application_id=application_id,
+            )
+        except PayloadError as exc:
+            field = next((f for t, f in _FIELD_OF_ERROR.items() if isinstance(exc, t)), "")
+            errors.append(FieldError(at, field, str(exc)))
+            code = code or exc.code
+            continue
+        errors.extend(FieldError(at, f.name, f.reason) for f in parsed.rejected)
+        if parsed.telemetry is None:
+            if not parsed.rejected:
+                errors.append(FieldError(at, "telemetry", "the reading has no metric"))
+            code = code or "no_valid_metric"
+        else:
+            readings.append(parsed.telemetry)
+    if errors:
+        raise InvalidReadings(errors, code or "rejected_fields")
+    return readings
+
+
+def _items(body: bytes, max_readings: int) -> tuple[list[Any], bool]:
+    if body.lstrip()[:1] != b"[":
+        try:
+            return [load_object(body)], True
+        except PayloadError as exc:
+            raise InvalidReadings([FieldError(None, "body", str(exc))], exc.code) from exc
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidReadings([FieldError(None, "body", f"body is not UTF-8 text at byte {exc.start}")],
+                              "not_json") from exc
+    except json.JSONDecodeError as exc:
+        at = len(exc.doc[: exc.pos].encode("utf-8"))
+        raise InvalidReadings([FieldError(None, "body", f"body is not JSON: {exc.msg} at byte {at}")],
+                              "not_json") from exc
+    except (ValueError, RecursionError) as exc:
+        raise InvalidReadings([FieldError(None, "body", f"body is not JSON: {exc}")],
+                              "not_json") from exc
+    if not isinstance(value, list):  # e.g. "[1] x" is caught above; kept for safety
+        raise InvalidReadings([FieldError(None, "body", "body must be a reading or an array")],
+                              "not_an_object")
+    if not value:
+        raise InvalidReadings([FieldError(None, "body", "the array holds no reading")])
+    if len(value) > max_readings:
+        raise InvalidReadings([FieldError(
+            None, "", f"the array holds {len(value)} readings; at most {max_readings} per request")])
+    return value, False

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from api.access import require_device
 from api.auth import principal_of, requires_auth
 from api.errors import ApiError, InvalidField, NotFound, ServiceUnavailable
 from api.services import services_of
@@ -212,17 +213,48 @@ def _filter(request: Request) -> AlarmFilter:
 async def list_alarms(request: Request) -> Response:
     """Alarms, newest first. Filters: `state` (comma list; also active, cleared, unacked),
     `device_id`, `severity`, `rule_id`; paging: `limit`, `offset`."""
-    return JSONResponse(await _guarded(_catalog(request).alarms(_filter(request))))
+    where = _filter(request)
+    principal = principal_of(request)
+    if where.device_id is not None:
+        await require_device(request, principal, where.device_id)
+    alarms = await _guarded(_catalog(request).alarms(where))
+    if not principal.is_admin:
+        alarms = await _visible(request, alarms)
+    return JSONResponse(alarms)
+
+
+async def _visible(request: Request, alarms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Only the alarms of devices in the caller's applications (object-level access)."""
+    devices = sorted({alarm["device_id"] for alarm in alarms})
+    if not devices:
+        return alarms
+    applications = sorted(principal_of(request).applications)
+    async with services_of(request).pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT id FROM devices WHERE id = ANY(%s) AND application_id = ANY(%s)",
+            (devices, applications),
+        )
+        allowed = {row[0] for row in await cur.fetchall()}
+    return [alarm for alarm in alarms if alarm["device_id"] in allowed]
+
+
+async def _visible_alarm(request: Request, alarm_id: str, *, history: bool = False) -> dict[str, Any]:
+    """The alarm, or 404 when it does not exist or belongs to a device the caller may not see."""
+    alarm = await _guarded(_catalog(request).alarm(alarm_id, history=history))
+    if alarm is None:
+        raise NotFound("no such alarm", alarm_id)
+    try:
+        await require_device(request, principal_of(request), alarm["device_id"], must_exist=False)
+    except NotFound:
+        raise NotFound("no such alarm", alarm_id) from None
+    return cast(dict[str, Any], alarm)
 
 
 @requires_auth
 async def get_alarm(request: Request) -> Response:
     """One alarm with its history of events."""
     alarm_id = _uuid(request, "alarm_id", "alarm")
-    alarm = await _guarded(_catalog(request).alarm(alarm_id, history=True))
-    if alarm is None:
-        raise NotFound("no such alarm", alarm_id)
-    return JSONResponse(alarm)
+    return JSONResponse(await _visible_alarm(request, alarm_id, history=True))
 
 
 async def _condition_normal(request: Request, alarm: dict[str, Any]) -> bool:
@@ -247,6 +279,7 @@ async def _condition_normal(request: Request, alarm: dict[str, Any]) -> bool:
 async def _act(request: Request, action: str) -> Response:
     alarm_id = _uuid(request, "alarm_id", "alarm")
     catalog = _catalog(request)
+    visible = await _visible_alarm(request, alarm_id)
     shelve_s = 0.0
     if action == "shelve":
         body = await _body(request)
@@ -257,9 +290,7 @@ async def _act(request: Request, action: str) -> Response:
                                f"must be a number from 0 (unshelve) to {_MAX_SHELVE_MINUTES}")
         shelve_s = float(minutes) * 60.0
     if action == "clear":
-        alarm = await _guarded(catalog.alarm(alarm_id))
-        if alarm is None:
-            raise NotFound("no such alarm", alarm_id)
+        alarm = visible
         if alarm["state"] in ACTIVE_STATES and not await _condition_normal(request, alarm):
             raise Conflict("condition still active",
                            "the latest reading still violates the rule; it clears by itself once normal")

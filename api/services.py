@@ -16,6 +16,10 @@ import aiohttp
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.requests import HTTPConnection
 
 from api.streaming import Emitter, TopicTail
@@ -64,6 +68,11 @@ async def open_services(settings: Settings, emitter: Emitter) -> AsyncIterator[S
             decode_responses=True,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             socket_timeout=_CONNECT_TIMEOUT_S,
+            # A Redis restart leaves dead pooled connections: retry on a fresh one
+            # instead of failing the request, and probe idle connections.
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            health_check_interval=15,
         )
         stack.push_async_callback(redis.aclose)
 

@@ -57,9 +57,10 @@ def _connect(args: argparse.Namespace) -> int:
 
         from connectors.bluetooth import main as bluetooth_main
 
-        if not args.config:
-            raise SystemExit("connect bluetooth needs --config PATH (the device file)")
-        return bluetooth_main(get_settings(), config_path=Path(args.config))
+        config = args.config or get_settings().ble_devices_path
+        if not config:
+            raise SystemExit("connect bluetooth needs --config PATH or WEBSCADA_BLE_DEVICES_PATH")
+        return bluetooth_main(get_settings(), config_path=Path(config))
     raise SystemExit(f"unknown connector {args.protocol!r}")
 
 

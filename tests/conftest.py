@@ -103,3 +103,29 @@ def start_process(stack: Settings) -> Iterator[Callable[..., subprocess.Popen[by
     yield start
     for proc in started:
         stop_process(proc)
+
+
+@pytest.fixture
+def start_scoped_process(stack: Settings) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Like ``start_process``, but stopped when the test ends; MQTT sessions of the client ids
+    given as ``mqtt_client_id`` are removed from the broker afterwards (no queue left behind)."""
+    started: list[subprocess.Popen[bytes]] = []
+    client_ids: list[str] = []
+
+    def start(*args: str, log_name: str, env: dict[str, str] | None = None,
+              mqtt_client_id: str | None = None) -> subprocess.Popen[bytes]:
+        env = dict(env or {})
+        if mqtt_client_id:
+            env["WEBSCADA_MQTT_CLIENT_ID"] = mqtt_client_id
+            client_ids.append(mqtt_client_id)
+        proc = _start([sys.executable, "-m", "pipeline.cli", *args], log_name, stack, env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        stop_process(proc)
+    from tests.integration.live import forget_mqtt_session
+
+    for client_id in client_ids:
+        forget_mqtt_session(stack, client_id)

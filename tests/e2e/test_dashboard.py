@@ -35,16 +35,16 @@ async def test_dashboard_login_live_values_and_history(
     api_server: ApiServer,
     browser: Browser,
     worker: subprocess.Popen[bytes],
-    start_process: Callable[..., subprocess.Popen[bytes]],
+    start_scoped_process: Callable[..., subprocess.Popen[bytes]],
     stack: Settings,
 ) -> None:
     prefix = unique_id("e2e")
     device = f"{prefix}-1"
-    start_process("connect", "mqtt", log_name="test-e2e-connector.log",
-                  env={"WEBSCADA_MQTT_CLIENT_ID": unique_id("webscada-connector-e2e")})
+    start_scoped_process("connect", "mqtt", log_name="test-e2e-connector.log",
+                         mqtt_client_id=unique_id("webscada-connector-e2e"))
     await asyncio.sleep(2)  # let the connector subscribe before the first reading
-    start_process("simulate", "--devices", "2", "--interval", "0.5", "--prefix", prefix,
-                  log_name="test-e2e-simulator.log")
+    start_scoped_process("simulate", "--devices", "2", "--interval", "0.5", "--prefix", prefix,
+                         log_name="test-e2e-simulator.log")
     await asyncio.to_thread(wait_until, lambda: device_row(stack, device), timeout=90,
                             what=f"{device} registered")
 

@@ -453,3 +453,38 @@ async def test_socketio_connection_ends_when_its_token_expires(api_server: ApiSe
         assert not client.connected
     finally:
         await client.disconnect()
+
+
+async def test_alarms_of_another_application_are_invisible(api_server: ApiServer,
+                                                           two_applications: dict[str, str]) -> None:
+    """An alarm of application A's device: listed, read and acknowledged only within A."""
+    dev_a = two_applications["dev_a"]
+    with psycopg.connect(api_server.settings.pg_conninfo, autocommit=True) as conn:
+        rule_id = conn.execute(
+            "INSERT INTO alarm_rules (name, device_id, metric, operator, threshold, severity) "
+            "VALUES (%s, %s, 'temperature', '>', 50, 'major') RETURNING id",
+            (unique_id("rule"), dev_a)).fetchone()[0]  # type: ignore[index]
+        alarm_id = str(conn.execute(
+            "INSERT INTO alarms (rule_id, device_id, metric, state, severity, value) "
+            "VALUES (%s, %s, 'temperature', 'active_unacked', 'major', 60) RETURNING id",
+            (rule_id, dev_a)).fetchone()[0])  # type: ignore[index]
+    try:
+        async with httpx.AsyncClient(base_url=api_server.base_url, timeout=15) as client:
+            def auth(who: str) -> dict[str, str]:
+                return {"Authorization": f"Bearer {two_applications[who]}"}
+
+            listed_b = await client.get("/api/alarms", params={"limit": 1000}, headers=auth("viewer_b"))
+            listed_a = await client.get("/api/alarms", params={"limit": 1000}, headers=auth("viewer_a"))
+            assert alarm_id not in {a["id"] for a in listed_b.json()}
+            assert alarm_id in {a["id"] for a in listed_a.json()}
+            by_device = await client.get("/api/alarms", params={"device_id": dev_a}, headers=auth("viewer_b"))
+            assert by_device.status_code == 404
+            assert (await client.get(f"/api/alarms/{alarm_id}", headers=auth("viewer_b"))).status_code == 404
+            ack_b = await client.post(f"/api/alarms/{alarm_id}/ack", headers=auth("operator_b"))
+            assert ack_b.status_code == 404
+            assert (await client.get(f"/api/alarms/{alarm_id}", headers=auth("viewer_a"))).status_code == 200
+    finally:
+        with psycopg.connect(api_server.settings.pg_conninfo, autocommit=True) as conn:
+            conn.execute("DELETE FROM alarm_events WHERE alarm_id = %s", (alarm_id,))
+            conn.execute("DELETE FROM alarms WHERE id = %s", (alarm_id,))
+            conn.execute("DELETE FROM alarm_rules WHERE id = %s", (rule_id,))

@@ -54,6 +54,7 @@ class KafkaStats:
         await admin.start()
         try:
             await consumer.start()
+            await consumer.topics()  # fetch cluster metadata: topics nobody consumes count too
             committed: dict[str, dict[TopicPartition, int]] = {}
             for group_id, *_ in await admin.list_consumer_groups():
                 offsets = await admin.list_consumer_group_offsets(group_id)

@@ -215,7 +215,7 @@ def test_silent_device_raises_stale_alarm_within_for_seconds_plus_5(
 
     produce_readings(stack, device, [2.0], start=utcnow())  # the device speaks again: cleared
     wait_until(lambda: alarms_of(stack, rule["id"])[0]["state"] == "cleared_unacked",
-               what="the stale alarm clearing")
+               timeout=30, what="the stale alarm clearing")
     assert history_of(stack, rule["id"])[:2] == ["raised", "cleared"]
 
 

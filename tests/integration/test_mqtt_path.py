@@ -76,14 +76,14 @@ async def test_mqtt_reading_reaches_stores_and_socketio_room(
     assert event["metrics"] == {"temperature": 21.5}
 
     latest = await asyncio.to_thread(
-        wait_until, lambda: redis_latest(stack, device), timeout=5, what="Redis latest")
+        wait_until, lambda: redis_latest(stack, device), timeout=15, what="Redis latest")
     assert latest["temperature"] == "21.5"
     assert latest["protocol"] == "mqtt"
     points = await asyncio.to_thread(
-        wait_until, lambda: influx_points(stack, device), timeout=5, what="InfluxDB point")
+        wait_until, lambda: influx_points(stack, device), timeout=15, what="InfluxDB point")
     assert [(p["field"], p["value"]) for p in points] == [("temperature", 21.5)]
     row = await asyncio.to_thread(
-        wait_until, lambda: device_row(stack, device), timeout=5, what="devices row")
+        wait_until, lambda: device_row(stack, device), timeout=15, what="devices row")
     assert row["protocol"] == "mqtt"
     assert row["last_seen"] is not None
     assert row["last_seen"].isoformat().replace("+00:00", "Z")[:19] == latest["ts"][:19]

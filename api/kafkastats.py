@@ -54,15 +54,15 @@ class KafkaStats:
         await admin.start()
         try:
             await consumer.start()
-            await consumer.topics()  # fetch cluster metadata: topics nobody consumes count too
             committed: dict[str, dict[TopicPartition, int]] = {}
             for group_id, *_ in await admin.list_consumer_groups():
                 offsets = await admin.list_consumer_group_offsets(group_id)
                 committed[group_id] = {tp: om.offset for tp, om in offsets.items() if om.offset >= 0}
             partitions = {tp for offsets in committed.values() for tp in offsets}
-            for topic in Topics.ALL:
-                for number in consumer.partitions_for_topic(topic) or ():
-                    partitions.add(TopicPartition(topic, number))
+            # Topics nobody consumes (the DLQ) count too: ask the cluster for their partitions.
+            for described in await admin.describe_topics(list(Topics.ALL)):
+                for partition in described.get("partitions") or ():
+                    partitions.add(TopicPartition(described["topic"], partition["partition"]))
             ends: dict[TopicPartition, int] = await consumer.end_offsets(list(partitions))
         finally:
             await consumer.stop()

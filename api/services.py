@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.requests import HTTPConnection
 
 from api.streaming import Emitter, TopicTail
+from pipeline.pgpool import make_pool
 from pipeline.settings import Settings
 
 __all__ = ["Services", "open_services", "services_of"]
@@ -49,17 +50,8 @@ def services_of(conn: HTTPConnection) -> Services:
 async def open_services(settings: Settings, emitter: Emitter) -> AsyncIterator[Services]:
     """Open the PostgreSQL pool, Redis, HTTP session, InfluxDB client and live tail; close them after."""
     async with contextlib.AsyncExitStack() as stack:
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            settings.pg_conninfo,
-            min_size=1,
-            max_size=4,
-            open=False,
-            name="webscada-api",
-            kwargs={"connect_timeout": int(_CONNECT_TIMEOUT_S), "autocommit": True},
-            # Verify a pooled connection before handing it out, so a PostgreSQL
-            # restart costs one reconnect instead of one failed request.
-            check=AsyncConnectionPool.check_connection,
-        )
+        pool = make_pool(settings.pg_conninfo, name="webscada-api",
+                         connect_timeout=int(_CONNECT_TIMEOUT_S))
         await pool.open(wait=False)
         stack.push_async_callback(pool.close)
 

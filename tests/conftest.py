@@ -76,18 +76,51 @@ def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 30) -> None:
             proc.wait()
 
 
+# A killed worker's group members are dropped after this long (faust reads it from the
+# environment), so a restarted worker gets its partitions back within seconds.
+WORKER_ENV = {"BROKER_SESSION_TIMEOUT": "10", "BROKER_HEARTBEAT_INTERVAL": "1"}
+
+
+class WorkerProcess:
+    """`webscada worker` (every role, one process each) as one process group, which a test may
+    kill with SIGKILL and start again."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = _start([sys.executable, "-m", "pipeline.cli", "worker"], "test-worker.log",
+                           self._settings, WORKER_ENV)
+
+    def kill(self) -> None:
+        """``kill -9`` of the supervisor and every role process: nothing gets to clean up."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def poll(self) -> int | None:
+        assert self.proc is not None
+        return self.proc.poll()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
 @pytest.fixture(scope="session")
-def worker(stack: Settings) -> Iterator[subprocess.Popen[bytes]]:
-    """`webscada worker` (validate + the three sinks), ready when a probe reading lands."""
+def worker(stack: Settings) -> Iterator[WorkerProcess]:
+    """`webscada worker` (validate, sinks, alarms, dispatcher), ready when a probe reading lands."""
     from tests.integration.helpers import influx_points, produce_telemetry, redis_latest
 
-    proc = _start([sys.executable, "-m", "pipeline.cli", "worker"], "test-worker.log", stack)
+    proc = WorkerProcess(stack)
+    proc.start()
     probe = unique_id("probe")
     produce_telemetry(stack, probe, {"probe": 1.0})
     wait_until(lambda: redis_latest(stack, probe) and influx_points(stack, probe), timeout=90,
                what="worker readiness (a probe reading in Redis and InfluxDB)")
     yield proc
-    stop_process(proc)
+    proc.stop()
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ SINK_BATCH = Histogram("webscada_sink_batch_size", "Records per sink write", ["s
                        buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000))
 SINK_LATENCY = Histogram("webscada_sink_write_seconds", "Sink write latency", ["sink"])
 
-MAX_BACKOFF_S = 30.0
+MAX_BACKOFF_S = 10.0
 
 
 async def write_batch(sink: Sink, records: list[Telemetry], *,
@@ -45,7 +45,7 @@ async def write_batch(sink: Sink, records: list[Telemetry], *,
     """Write ``records`` until the store has them; returns the ones it rejected, with why.
 
     Transient failures are retried forever with exponential backoff (0.5 s up to
-    30 s).  On a permanent failure the batch is written record by record so that
+    10 s).  On a permanent failure the batch is written record by record so that
     only the records the store rejects are set aside.
     """
     delay = 0.5

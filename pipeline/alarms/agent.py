@@ -16,12 +16,12 @@ from typing import Any, cast
 import faust
 from faust.streams import Stream
 from faust.types import StreamT
-from psycopg_pool import AsyncConnectionPool
 
 from pipeline.agents._dead_letter import dead_letter_for
 from pipeline.alarms.service import AlarmService
 from pipeline.alarms.store import AlarmStore
 from pipeline.notify import Notifier, NotifierConfig
+from pipeline.pgpool import make_pool
 from pipeline.producer import AsyncProducer, Outgoing
 from pipeline.settings import Settings, Topics
 from schemas import CodecError, InvalidRecordError, Telemetry
@@ -59,9 +59,7 @@ def register_alarms(app: faust.App, settings: Settings) -> None:
     from pipeline.app import raw_topic
 
     producer = AsyncProducer(settings.kafka_bootstrap, client_id="webscada-alarms")
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        settings.pg_conninfo, min_size=1, max_size=3, open=False, timeout=10,
-        kwargs={"autocommit": True, "connect_timeout": 5}, name="webscada-alarms")
+    pool = make_pool(settings.pg_conninfo, name="webscada-alarms", max_size=3)
     notifier = Notifier(notifier_config(settings))
     service = AlarmService(AlarmStore(pool), producer.send_all, notifier=notifier)
     source = raw_topic(app, Topics.VALID, settings)

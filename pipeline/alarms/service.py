@@ -37,7 +37,7 @@ Key = tuple[str, str]
 Publish = Callable[[list[Outgoing]], Awaitable[None]]
 T = TypeVar("T")
 
-_MAX_BACKOFF_S = 30.0
+_MAX_BACKOFF_S = 10.0
 
 
 @dataclass(slots=True)

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 import faust
 from faust.streams import Stream
 from faust.types import StreamT
-from psycopg_pool import AsyncConnectionPool
 
 from pipeline.commands.acks import ACK_TOPICS
 from pipeline.commands.link import CommandLink
 from pipeline.commands.service import AckRelay, CommandService
+from pipeline.pgpool import make_pool
 from pipeline.producer import AsyncProducer
 from pipeline.settings import Settings, Topics
 
@@ -52,9 +52,7 @@ def register_dispatcher(app: faust.App, settings: Settings) -> None:
     batch_size = _setting(settings, "command_batch_size", 200)
     expiry_interval_s = _setting(settings, "command_expiry_interval_s", 1.0)
     client_id = _setting(settings, "dispatcher_mqtt_client_id", f"{settings.mqtt_client_id}-commands")
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        settings.pg_conninfo, min_size=1, max_size=4, open=False, timeout=10,
-        kwargs={"autocommit": True, "connect_timeout": 5}, name="webscada-dispatcher")
+    pool = make_pool(settings.pg_conninfo, name="webscada-dispatcher")
     producer = AsyncProducer(settings.kafka_bootstrap, client_id="webscada-dispatcher")
     link = CommandLink(host=settings.mqtt_host, port=settings.mqtt_port, client_id=client_id,
                        ack_topics=ACK_TOPICS,

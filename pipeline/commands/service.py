@@ -72,7 +72,7 @@ class CommandService:
             except _PG_ERRORS as exc:
                 log.warning("commands: PostgreSQL unavailable (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, 10.0)
 
     async def record(self, statuses: Sequence[CommandStatus]) -> None:
         """Kafka first, then PostgreSQL (see the module docstring)."""

@@ -13,6 +13,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pipeline.errors import PermanentSinkError, TransientSinkError
+from pipeline.pgpool import make_pool
 from pipeline.sinks.base import Sink
 from schemas import Telemetry
 
@@ -49,8 +50,7 @@ class PostgresDeviceSink(Sink):
         self._pool: AsyncConnectionPool | None = None
 
     async def setup(self) -> None:
-        self._pool = AsyncConnectionPool(self._conninfo, min_size=1, max_size=4, open=False,
-                                         timeout=10, kwargs={"connect_timeout": 5})
+        self._pool = make_pool(self._conninfo, name="webscada-sink-postgres")
         await self._pool.open(wait=False)
 
     async def write(self, batch: list[Telemetry]) -> None:

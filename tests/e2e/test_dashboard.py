@@ -19,7 +19,7 @@ import pytest
 from playwright.async_api import Browser, expect
 
 from pipeline.settings import ROOT, Settings
-from tests.conftest import unique_id, wait_until
+from tests.conftest import WorkerProcess, unique_id, wait_until
 from tests.integration.conftest import create_user
 from tests.integration.helpers import device_row
 
@@ -34,7 +34,7 @@ SCREENSHOT = ROOT / "docs" / "dashboard.png"
 async def test_dashboard_login_live_values_and_history(
     api_server: ApiServer,
     browser: Browser,
-    worker: subprocess.Popen[bytes],
+    worker: WorkerProcess,
     start_scoped_process: Callable[..., subprocess.Popen[bytes]],
     stack: Settings,
 ) -> None:

@@ -27,15 +27,13 @@ from psycopg.rows import dict_row
 from pipeline.alarms import AlarmEvent
 from pipeline.settings import Settings, Topics
 from schemas import Telemetry, iso_utc, utcnow
-from tests.conftest import stop_process, unique_id, wait_until
+from tests.conftest import WORKER_ENV, stop_process, unique_id, wait_until
 
 if TYPE_CHECKING:
     from tests.integration.conftest import ApiServer
 
 pytestmark = pytest.mark.integration
 
-# A killed member leaves the group after this long (faust reads it from the environment).
-WORKER_ENV = {"BROKER_SESSION_TIMEOUT": "10", "BROKER_HEARTBEAT_INTERVAL": "1"}
 
 
 # --- helpers ----------------------------------------------------------------------------------

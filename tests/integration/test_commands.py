@@ -28,7 +28,7 @@ from websockets.asyncio.client import connect as ws_connect
 from api.device_keys import hash_api_key, new_api_key
 from pipeline.settings import Settings, Topics
 from schemas.records import CommandStatus
-from tests.conftest import stop_process, unique_id, wait_until
+from tests.conftest import WorkerProcess, stop_process, unique_id, wait_until
 from tests.integration.conftest import ApiServer
 from tests.integration.helpers import produce_raw
 
@@ -199,7 +199,7 @@ async def status_events(api_server: ApiServer, stack: Settings) -> AsyncIterator
 
 
 async def test_mqtt_device_that_acks_goes_queued_sent_delivered_acked(
-        worker: subprocess.Popen[bytes], api_server: ApiServer, stack: Settings,
+        worker: WorkerProcess, api_server: ApiServer, stack: Settings,
         devices: Callable[..., list[str]], status_events: Callable[[str], Any]) -> None:
     [device_id] = devices("mqtt")
     device = MqttDevice(stack, [device_id], ("delivered", "acked"))
@@ -228,7 +228,7 @@ async def test_mqtt_device_that_acks_goes_queued_sent_delivered_acked(
 
 
 async def test_command_to_a_silent_device_expires_after_its_ttl(
-        worker: subprocess.Popen[bytes], api_server: ApiServer, stack: Settings,
+        worker: WorkerProcess, api_server: ApiServer, stack: Settings,
         devices: Callable[..., list[str]], status_events: Callable[[str], Any]) -> None:
     [device_id] = devices("mqtt")
     device = MqttDevice(stack, [device_id], ())  # receives, never answers
@@ -255,7 +255,7 @@ async def test_command_to_a_silent_device_expires_after_its_ttl(
 
 
 async def test_same_idempotency_key_gives_one_command(
-        worker: subprocess.Popen[bytes], api_server: ApiServer,
+        worker: WorkerProcess, api_server: ApiServer,
         devices: Callable[..., list[str]]) -> None:
     first_device, other_device = devices("http", 2)
     key = unique_id("idem")
@@ -285,7 +285,7 @@ async def test_invalid_requests_name_the_field_and_unknown_devices_are_404(
 
 
 async def test_http_device_polls_and_acks(
-        worker: subprocess.Popen[bytes], api_server: ApiServer,
+        worker: WorkerProcess, api_server: ApiServer,
         devices: Callable[..., list[str]]) -> None:
     key = new_api_key()
     [device_id] = devices("http", api_key=key)
@@ -346,7 +346,7 @@ def _group_members(settings: Settings, group: str) -> int:
 
 @pytest.mark.slow
 async def test_dispatcher_killed_with_sigkill_neither_loses_nor_repeats_commands(
-        worker: subprocess.Popen[bytes], api_server: ApiServer, stack: Settings,
+        worker: WorkerProcess, api_server: ApiServer, stack: Settings,
         start_process: Starter, devices: Callable[..., list[str]]) -> None:
     """A second dispatcher shares the partitions, is killed with SIGKILL while commands
     flow, and is restarted: every command is delivered and acked, and the device sees
@@ -405,7 +405,7 @@ async def test_dispatcher_killed_with_sigkill_neither_loses_nor_repeats_commands
 
 
 async def test_websocket_device_gets_commands_on_connect_and_while_connected(
-        worker: subprocess.Popen[bytes], api_server: ApiServer,
+        worker: WorkerProcess, api_server: ApiServer,
         devices: Callable[..., list[str]]) -> None:
     key = new_api_key()
     [device_id] = devices("websocket", api_key=key)

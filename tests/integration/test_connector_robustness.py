@@ -26,7 +26,7 @@ from infra import stack as local_stack
 from infra.services.kafka import Kafka
 from infra.services.mosquitto import Mosquitto
 from pipeline.settings import Settings
-from tests.conftest import stop_process, unique_id, wait_until
+from tests.conftest import WorkerProcess, stop_process, unique_id, wait_until
 from tests.integration.conftest import ApiServer
 from tests.integration.helpers import influx_points
 from tests.integration.live import create_device, forget_mqtt_session
@@ -41,7 +41,7 @@ def _restart(settings: Settings, service: str) -> None:
 
 
 def test_mosquitto_restart_during_a_qos1_run_loses_and_doubles_nothing(
-    worker: subprocess.Popen[bytes], start_process: Starter, stack: Settings
+    worker: WorkerProcess, start_process: Starter, stack: Settings
 ) -> None:
     """10,000 QoS 1 readings through the MQTT connector; Mosquitto restarts a third of the way."""
     client_id = f"webscada-connector-restart-test-{os.getpid()}"
@@ -99,7 +99,7 @@ def test_mosquitto_restart_during_a_qos1_run_loses_and_doubles_nothing(
 
 
 def test_kafka_stopped_http_answers_503_fast_and_never_202s_a_lost_reading(
-    worker: subprocess.Popen[bytes], api_server: ApiServer, stack: Settings
+    worker: WorkerProcess, api_server: ApiServer, stack: Settings
 ) -> None:
     device, key = create_device(api_server, "http")
     url = f"{api_server.base_url}/api/devices/{device}/telemetry"

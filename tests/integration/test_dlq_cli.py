@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 from datetime import timedelta
 
 import pytest
@@ -12,13 +11,13 @@ import pytest
 from pipeline import dlq
 from pipeline.settings import Settings, Topics
 from schemas import DeadLetter, Telemetry, utcnow
-from tests.conftest import unique_id, wait_until
+from tests.conftest import WorkerProcess, unique_id, wait_until
 from tests.integration.helpers import produce_raw, redis_latest
 
 pytestmark = pytest.mark.integration
 
 
-def test_list_show_and_replay_after_a_fix(worker: subprocess.Popen[bytes], stack: Settings) -> None:
+def test_list_show_and_replay_after_a_fix(worker: WorkerProcess, stack: Settings) -> None:
     # A reading an older, buggy version rejected: valid today, so a replay must land.
     device = unique_id("replay")
     now = utcnow()

@@ -14,7 +14,7 @@ from confluent_kafka import Consumer
 from pipeline.agents.rolling import DERIVED_TOPIC
 from pipeline.settings import Settings
 from schemas import Telemetry, utcnow
-from tests.conftest import unique_id
+from tests.conftest import WorkerProcess, unique_id
 from tests.integration.helpers import produce_telemetry
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ AGENT = "rolling-mean=pipeline.agents.rolling:register_rolling_mean"
 
 
 def test_rolling_mean_agent_from_settings(
-    worker: subprocess.Popen[bytes], start_process: Callable[..., subprocess.Popen[bytes]],
+    worker: WorkerProcess, start_process: Callable[..., subprocess.Popen[bytes]],
     stack: Settings,
 ) -> None:
     proc = start_process("worker", "--role", "rolling-mean", log_name="test-rolling-mean.log",

@@ -16,7 +16,7 @@ import pytest
 import socketio
 
 from pipeline.settings import Settings
-from tests.conftest import stop_process, unique_id, wait_until
+from tests.conftest import WorkerProcess, stop_process, unique_id, wait_until
 from tests.integration.conftest import ApiServer
 from tests.integration.helpers import dead_letters_for, device_row, influx_points, redis_latest
 
@@ -54,7 +54,7 @@ def connector(start_process: Starter) -> Iterator[subprocess.Popen[bytes]]:
 
 
 async def test_mqtt_reading_reaches_stores_and_socketio_room(
-    worker: subprocess.Popen[bytes], connector: subprocess.Popen[bytes], api_server: ApiServer,
+    worker: WorkerProcess, connector: subprocess.Popen[bytes], api_server: ApiServer,
     stack: Settings,
 ) -> None:
     device = unique_id("check")
@@ -90,7 +90,7 @@ async def test_mqtt_reading_reaches_stores_and_socketio_room(
 
 
 def test_non_json_payload_goes_to_dlq_and_later_readings_flow(
-    worker: subprocess.Popen[bytes], connector: subprocess.Popen[bytes], stack: Settings
+    worker: WorkerProcess, connector: subprocess.Popen[bytes], stack: Settings
 ) -> None:
     device = unique_id("nonjson")
     marker = unique_id("marker")
@@ -113,7 +113,7 @@ def test_non_json_payload_goes_to_dlq_and_later_readings_flow(
 
 
 def test_reading_whose_only_metric_is_a_string_goes_to_dlq(
-    worker: subprocess.Popen[bytes], connector: subprocess.Popen[bytes], stack: Settings
+    worker: WorkerProcess, connector: subprocess.Popen[bytes], stack: Settings
 ) -> None:
     device = unique_id("stringy")
     payload = json.dumps({"telemetry": {"mode": "automatic"}})
@@ -130,7 +130,7 @@ def test_reading_whose_only_metric_is_a_string_goes_to_dlq(
 
 
 def test_mixed_reading_keeps_valid_metrics_and_reports_the_bad_field(
-    worker: subprocess.Popen[bytes], connector: subprocess.Popen[bytes], stack: Settings
+    worker: WorkerProcess, connector: subprocess.Popen[bytes], stack: Settings
 ) -> None:
     device = unique_id("mixed")
     payload = json.dumps({"telemetry": {"temperature": 19.0, "pump": True, "status": "running",
@@ -150,7 +150,7 @@ def test_mixed_reading_keeps_valid_metrics_and_reports_the_bad_field(
 
 @pytest.mark.slow
 def test_connector_killed_mid_stream_loses_nothing(
-    worker: subprocess.Popen[bytes], start_scoped_process: Starter, stack: Settings
+    worker: WorkerProcess, start_scoped_process: Starter, stack: Settings
 ) -> None:
     """kill -9 the connector while a device publishes 5,000 QoS 1 readings: all reach InfluxDB."""
     client_id = unique_id("webscada-connector-kill")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from datetime import timedelta
 
@@ -11,7 +10,7 @@ import redis
 
 from pipeline.settings import Settings, Topics
 from schemas import SCHEMA_DIR, TelemetryMetadata, iso_utc, utcnow
-from tests.conftest import unique_id, wait_until
+from tests.conftest import WorkerProcess, unique_id, wait_until
 from tests.integration.helpers import (
     dead_letters_for,
     device_row,
@@ -25,7 +24,7 @@ from tests.integration.helpers import (
 pytestmark = pytest.mark.integration
 
 
-def test_reading_lands_in_every_store(worker: subprocess.Popen[bytes], stack: Settings) -> None:
+def test_reading_lands_in_every_store(worker: WorkerProcess, stack: Settings) -> None:
     device = unique_id("dev")
     record = produce_telemetry(
         stack, device, {"temperature": 21.5, "pressure": 1013.25},
@@ -56,7 +55,7 @@ def test_reading_lands_in_every_store(worker: subprocess.Popen[bytes], stack: Se
 
 
 def test_undecodable_value_goes_to_dlq_and_the_worker_keeps_going(
-    worker: subprocess.Popen[bytes], stack: Settings
+    worker: WorkerProcess, stack: Settings
 ) -> None:
     marker = unique_id("garbage").encode()
     produce_raw(stack, Topics.RAW, b"\xc3\x01" + b"\x00" * 8 + marker, b"whatever")
@@ -76,7 +75,7 @@ def test_undecodable_value_goes_to_dlq_and_the_worker_keeps_going(
     assert worker.poll() is None
 
 
-def test_future_timestamp_is_rejected_with_reason(worker: subprocess.Popen[bytes], stack: Settings) -> None:
+def test_future_timestamp_is_rejected_with_reason(worker: WorkerProcess, stack: Settings) -> None:
     device = unique_id("future")
     record = produce_telemetry(stack, device, {"temperature": 1.0}, ts=utcnow() + timedelta(days=2))
     letters = wait_until(lambda: dead_letters_for(stack, record.message_id.encode(), timeout=3),
@@ -87,7 +86,7 @@ def test_future_timestamp_is_rejected_with_reason(worker: subprocess.Popen[bytes
 
 
 def test_older_reading_never_overwrites_newer_latest(
-    worker: subprocess.Popen[bytes], stack: Settings
+    worker: WorkerProcess, stack: Settings
 ) -> None:
     device = unique_id("late")
     now = utcnow()
@@ -104,7 +103,7 @@ def test_older_reading_never_overwrites_newer_latest(
     assert row["last_seen"] == now
 
 
-def test_replayed_reading_is_stored_once(worker: subprocess.Popen[bytes], stack: Settings) -> None:
+def test_replayed_reading_is_stored_once(worker: WorkerProcess, stack: Settings) -> None:
     device = unique_id("dup")
     ts = utcnow()
     for _ in range(3):
@@ -121,7 +120,7 @@ def test_replayed_reading_is_stored_once(worker: subprocess.Popen[bytes], stack:
     assert row["last_seen"] == ts + timedelta(seconds=1)
 
 
-def test_redis_outage_stalls_only_the_redis_sink(worker: subprocess.Popen[bytes], stack: Settings) -> None:
+def test_redis_outage_stalls_only_the_redis_sink(worker: WorkerProcess, stack: Settings) -> None:
     from infra import stack as local_stack
 
     client = redis.Redis.from_url(stack.redis_url)
@@ -143,7 +142,7 @@ def test_redis_outage_stalls_only_the_redis_sink(worker: subprocess.Popen[bytes]
 
 
 def test_device_profile_rejects_out_of_range_metric_only(
-    worker: subprocess.Popen[bytes], stack: Settings
+    worker: WorkerProcess, stack: Settings
 ) -> None:
     import psycopg
 
@@ -165,7 +164,7 @@ def test_device_profile_rejects_out_of_range_metric_only(
     assert letters[0].device_id == device
 
 
-def test_duplicate_message_id_is_suppressed(worker: subprocess.Popen[bytes], stack: Settings) -> None:
+def test_duplicate_message_id_is_suppressed(worker: WorkerProcess, stack: Settings) -> None:
     device = unique_id("dedup")
     ts = utcnow()
     produce_telemetry(stack, device, {"level": 1.0}, ts=ts, message_id=f"{device}-x")

@@ -9,15 +9,17 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from importlib.metadata import entry_points
-
-import faust
+from typing import TYPE_CHECKING
 
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:  # the worker's supervisor lists roles without loading Faust
+    import faust
 
 __all__ = ["ENTRY_POINT_GROUP", "ROLES", "all_roles", "create_app", "raw_topic"]
 
 # role name → function declaring that role's agents on a fresh app
-Registrar = Callable[[faust.App, Settings], None]
+Registrar = Callable[["faust.App", Settings], None]
 
 # Packages add stream agents with an entry point in this group:
 #   [project.entry-points."webscada.agents"]
@@ -74,6 +76,8 @@ def all_roles(settings: Settings) -> tuple[str, ...]:
 
 def create_app(role: str, settings: Settings) -> faust.App:
     """A Faust app for ``role`` (consumer group ``webscada-<role>``) with its agents."""
+    import faust
+
     registrars = {**_extra_registrars(settings), **_registrars()}
     if role not in registrars:
         raise ValueError(f"unknown worker role {role!r}; one of {', '.join(registrars)}")

@@ -36,6 +36,11 @@ SINK_ERRORS = Counter("webscada_sink_errors_total", "Failed sink writes", ["sink
 SINK_BATCH = Histogram("webscada_sink_batch_size", "Records per sink write", ["sink"],
                        buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000))
 SINK_LATENCY = Histogram("webscada_sink_write_seconds", "Sink write latency", ["sink"])
+# From the reading's own (device) time to the store confirming the write: the end-to-end
+# latency an operator sees, device clock skew included.
+SINK_DELAY = Histogram("webscada_sink_delay_seconds", "Device time to written in the store", ["sink"],
+                       buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
+                                1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0))
 
 MAX_BACKOFF_S = 10.0
 
@@ -73,6 +78,10 @@ async def write_batch(sink: Sink, records: list[Telemetry], *,
         SINK_LATENCY.labels(sink.name).observe(time.perf_counter() - started)
         SINK_BATCH.labels(sink.name).observe(len(records))
         SINK_WRITTEN.labels(sink.name).inc(len(records))
+        device_delay = SINK_DELAY.labels(sink.name)
+        written_at = time.time()
+        for record in records:
+            device_delay.observe(written_at - record.ts.timestamp())
         return []
 
 

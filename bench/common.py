@@ -1,0 +1,212 @@
+"""What every benchmark section shares: processes, CPU time, memory, readings, percentiles.
+
+CPU figures are process CPU time (user + system, all threads) read from
+``/proc/<pid>/stat``, so a busy shared machine changes wall times but hardly the
+CPU a stage spends per reading. Memory is the kernel's peak resident set
+(``VmHWM``) of each process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pipeline.settings import ROOT, Settings
+from schemas import Telemetry, TelemetryMetadata
+
+__all__ = [
+    "RESULTS",
+    "Proc",
+    "cpu_seconds",
+    "make_readings",
+    "peak_rss_mb",
+    "percentiles",
+    "service_pids",
+    "services_cpu",
+    "tree_pids",
+    "wait_for",
+]
+
+RESULTS = Path(__file__).resolve().parent / "results"
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads), with those of
+    its exited, waited-for children if ``reaped_children`` (PostgreSQL's closed backends)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / _TICK
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory of ``pid`` in MiB (VmHWM), 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and every descendant still alive."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children.get(current, [])
+    return found
+
+
+def percentiles(values: Sequence[float], points: Sequence[float] = (50, 95, 99)) -> dict[str, float]:
+    """Nearest-rank percentiles of ``values`` as ``{"p50": ..., ...}`` (empty input: empty dict)."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    out = {}
+    for point in points:
+        rank = max(1, min(len(ordered), round(point / 100 * len(ordered) + 0.5)))
+        out[f"p{point:g}"] = ordered[rank - 1]
+    return out
+
+
+def make_readings(prefix: str, devices: int, per_device: int, *,
+                  start: datetime | None = None, step: timedelta = timedelta(milliseconds=10),
+                  application_id: str | None = "bench") -> Iterator[Telemetry]:
+    """``devices * per_device`` realistic readings (five metrics, radio metadata), seq-major."""
+    start = start or datetime.now(UTC) - timedelta(minutes=30)
+    names = [f"{prefix}-{d:04d}" for d in range(devices)]
+    for seq in range(per_device):
+        ts = start + seq * step
+        for n, device in enumerate(names):
+            yield Telemetry(
+                device_id=device, protocol="mqtt", ts=ts, received_at=ts,
+                message_id=f"{device}-{seq}",
+                metrics={"seq": float(seq), "temperature": 20.0 + (seq + n) % 70 / 10,
+                         "humidity": 40.0 + seq % 20, "pressure": 1013.25, "level": 50.0},
+                metadata=TelemetryMetadata(signal_strength=-67, battery_level=88, snr=7.5),
+                application_id=application_id,
+            )
+
+
+@dataclass
+class Proc:
+    """A project command (``webscada ...`` arguments) in its own process group."""
+
+    popen: subprocess.Popen[bytes]
+    name: str
+
+    @classmethod
+    def start(cls, name: str, *args: str, settings: Settings,
+              env: dict[str, str] | None = None) -> Proc:
+        logs = settings.stack_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"bench-{name}.log", "ab") as log:
+            popen = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        return cls(popen, name)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the process and all its live descendants."""
+        total = 0.0
+        for pid in tree_pids(self.pid):
+            try:
+                total += cpu_seconds(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        return total
+
+    def peak_rss_mb(self) -> dict[int, float]:
+        """Peak resident MiB of the process and each live descendant, by pid."""
+        return {pid: peak_rss_mb(pid) for pid in tree_pids(self.pid)}
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.popen.wait()
+
+
+def wait_for(check: Callable[[], object], timeout: float, interval: float = 0.25) -> bool:
+    """Poll ``check`` until it returns something truthy; False after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval)
+    return False
+
+
+SERVICES = {
+    "kafka": lambda cmd: "kafka.Kafka" in cmd,
+    "postgres": lambda cmd: cmd.startswith("postgres") or "/postgres " in cmd or cmd.startswith("postgres:"),
+    "redis": lambda cmd: cmd.startswith("redis-server") or "/redis-server" in cmd,
+    "influxdb": lambda cmd: "influxd" in cmd.split(" ", 1)[0],
+    "mosquitto": lambda cmd: "mosquitto" in cmd.split(" ", 1)[0],
+}
+
+
+def service_pids() -> dict[str, list[int]]:
+    """The pids of each local service (every PostgreSQL backend included), by service name."""
+    found: dict[str, list[int]] = {name: [] for name in SERVICES}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as raw:
+                cmd = raw.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        for name, matches in SERVICES.items():
+            if cmd and matches(cmd):
+                found[name].append(int(entry))
+                break
+    return found
+
+
+def services_cpu() -> dict[str, float]:
+    """CPU seconds so far of each local service (all its processes that are alive now)."""
+    total: dict[str, float] = {}
+    for name, pids in service_pids().items():
+        seconds = 0.0
+        for pid in pids:
+            try:
+                seconds += cpu_seconds(pid, reaped_children=True)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        total[name] = seconds
+    return total

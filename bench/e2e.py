@@ -1,0 +1,459 @@
+"""End to end, open loop: devices → connector or HTTP ingest → worker → stores and browser.
+
+Starts its own worker (every role, the alarm engine with a rule that raises and
+clears), MQTT connector and API against the running local stack, then drives
+simulated devices at fixed rates. Send times are scheduled in advance and each
+reading carries its scheduled time as its device timestamp, so a pipeline (or
+a sender) that falls behind shows up as latency instead of a lower send rate.
+
+- MQTT: one publisher for all devices, QoS 1, ``devices/{id}/telemetry``.
+- HTTP: registered devices POST batches (one request per device every 200 ms
+  with the readings scheduled in it) to ``/api/devices/{id}/telemetry``.
+
+Latency from device time to Redis, InfluxDB and PostgreSQL comes from each
+sink's ``webscada_sink_delay_seconds`` histogram (device time → write confirmed,
+per reading; quantiles interpolated inside buckets, as Prometheus does); to the
+browser from a Socket.IO client in the application's room (per event, exact).
+A rate is *sustained* when every reading sent in the step is in all three
+stores within 5 s of the step's end. Rates double from a start until one is not
+sustained or its p99 passes 1 s, then the midpoint is tried, then half the best.
+
+    .venv/bin/python -m bench.e2e [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+import psycopg
+import socketio
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.common import Proc, percentiles, wait_for
+from bench.ladder import BenchRule, wait_drained
+from pipeline.app import all_roles
+from pipeline.settings import Settings
+
+__all__ = ["run"]
+
+SINKS = ("redis", "influxdb", "postgres")
+DRAIN_S = 5.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+# --- sink histograms ---------------------------------------------------------------------------
+class SinkMetrics:
+    """Scrapes the delay histogram and record counter of each sink role's /metrics."""
+
+    def __init__(self, settings: Settings) -> None:
+        roles = all_roles(settings)
+        self._urls = {sink: f"http://{settings.metrics_host}:"
+                            f"{settings.metrics_port_base + roles.index(f'sink-{sink}')}/metrics"
+                      for sink in SINKS}
+
+    def scrape(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for sink, url in self._urls.items():
+            text = httpx.get(url, timeout=5).text
+            buckets: list[tuple[float, float]] = []
+            written = 0.0
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "webscada_sink_delay_seconds_bucket":
+                        buckets.append((float(sample.labels["le"]), sample.value))
+                    elif sample.name == "webscada_sink_records_total":
+                        written += sample.value
+            out[sink] = {"buckets": sorted(buckets), "written": written}
+        return out
+
+
+def _quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """Prometheus-style quantile of cumulative ``(le, count)`` buckets (interpolated)."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower_le, lower_count = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if le == float("inf"):
+                return lower_le
+            if count == lower_count:
+                return le
+            return lower_le + (le - lower_le) * (rank - lower_count) / (count - lower_count)
+        lower_le, lower_count = le, count
+    return lower_le
+
+
+def _delta(after: dict[str, dict[str, Any]], before: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    for sink in SINKS:
+        old = dict(before[sink]["buckets"])
+        buckets = [(le, count - old.get(le, 0.0)) for le, count in after[sink]["buckets"]]
+        figures[sink] = {
+            "written": int(after[sink]["written"] - before[sink]["written"]),
+            **{name: None if (v := _quantile(q, buckets)) is None else round(v * 1000)
+               for name, q in (("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99))},
+        }
+    return figures
+
+
+# --- the browser ---------------------------------------------------------------------------------
+class Browser:
+    """A Socket.IO client in the rooms of the bench's devices (its own thread and loop)."""
+
+    def __init__(self, base_url: str, token: str, devices: list[str]) -> None:
+        self.latencies: list[tuple[float, float]] = []  # (received at, seconds since device time)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._sio = socketio.AsyncClient(reconnection=True)
+        self._sio.on("telemetry", self._on_telemetry)
+        asyncio.run_coroutine_threadsafe(self._join(base_url, token, devices), self._loop).result(60)
+
+    async def _join(self, base_url: str, token: str, devices: list[str]) -> None:
+        await self._sio.connect(base_url, auth={"token": token}, transports=["websocket"],
+                                wait_timeout=10)
+        for device in devices:
+            room = f"device:{device}"
+            ack = await self._sio.call("subscribe", {"room": room}, timeout=10)
+            if ack != {"ok": True, "room": room}:
+                raise RuntimeError(f"Socket.IO subscribe refused: {ack}")
+
+    def _on_telemetry(self, data: dict[str, Any]) -> None:
+        ts = data.get("ts")
+        if isinstance(ts, str) and not data.get("snapshot"):
+            now = time.time()
+            self.latencies.append((now, now - datetime.fromisoformat(ts).timestamp()))
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [lat for at, lat in self.latencies if start <= at <= end]
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._sio.disconnect(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+# --- the devices ---------------------------------------------------------------------------------
+def _body(seq: int, due_ms: int, n: int) -> dict[str, Any]:
+    # bench_level cycles through the bench alarm rule's threshold (26.5, deadband 1)
+    return {"timestamp": due_ms, "telemetry": {"seq": seq, "bench_level": 20 + (seq + n) % 70 / 10,
+                                               "humidity": 40 + seq % 20}}
+
+
+class MqttDevices:
+    def __init__(self, settings: Settings, prefix: str, count: int) -> None:
+        self.devices = [f"{prefix}-m{n:03d}" for n in range(count)]
+        self._seq = [0] * count
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{prefix}-pub")
+        self._client.max_inflight_messages_set(2000)
+        self._client.max_queued_messages_set(0)
+        self._client.connect(settings.mqtt_host, settings.mqtt_port)
+        self._client.loop_start()
+
+    def send(self, rate: float, seconds: float) -> dict[str, Any]:
+        """Open loop: message k is due at start + k / rate; returns what was sent and how late."""
+        total = int(rate * seconds)
+        start_wall = time.time()
+        start = time.monotonic()
+        worst_late = 0.0
+        for k in range(total):
+            due = start + k / rate
+            now = time.monotonic()
+            if due > now:
+                time.sleep(due - now)
+            else:
+                worst_late = max(worst_late, now - due)
+            n = k % len(self.devices)
+            seq = self._seq[n]
+            self._seq[n] += 1
+            body = _body(seq, int((start_wall + k / rate) * 1000), n)
+            self._client.publish(f"devices/{self.devices[n]}/telemetry", json.dumps(body), qos=1)
+        return {"sent": total, "sender_worst_late_ms": round(worst_late * 1000)}
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+class HttpDevices:
+    TICK_S = 0.2
+
+    def __init__(self, base_url: str, token: str, prefix: str, count: int, application_id: str) -> None:
+        self._base_url = base_url
+        self.devices: list[tuple[str, str]] = []
+        with httpx.Client(base_url=base_url, timeout=15,
+                          headers={"Authorization": f"Bearer {token}"}) as client:
+            for n in range(count):
+                device = f"{prefix}-h{n:03d}"
+                response = client.post("/api/devices", json={
+                    "id": device, "name": "bench", "protocol": "http", "application_id": application_id})
+                response.raise_for_status()
+                self.devices.append((device, str(response.json()["api_key"])))
+        self._seq = [0] * count
+
+    def send(self, rate: float, seconds: float) -> dict[str, Any]:
+        return asyncio.run(self._send(rate, seconds))
+
+    async def _send(self, rate: float, seconds: float) -> dict[str, Any]:
+        """Every tick each device posts the readings scheduled inside it (open loop: requests
+        are not awaited before the next tick)."""
+        per_device = rate / len(self.devices)
+        statuses: dict[int, int] = {}
+        tasks: list[asyncio.Task[None]] = []
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(base_url=self._base_url, timeout=30, limits=limits) as client:
+
+            async def post(device: str, key: str, readings: list[dict[str, Any]]) -> None:
+                try:
+                    response = await client.post(f"/api/devices/{device}/telemetry", json=readings,
+                                                 headers={"X-API-Key": key})
+                    code = response.status_code
+                except httpx.HTTPError:
+                    code = 0
+                statuses[code] = statuses.get(code, 0) + len(readings)
+
+            start_wall = time.time()
+            start = time.monotonic()
+            ticks = int(seconds / self.TICK_S)
+            sent = 0
+            worst_late = 0.0
+            for tick in range(1, ticks + 1):
+                due = start + tick * self.TICK_S
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                else:
+                    worst_late = max(worst_late, -delay)
+                for n, (device, key) in enumerate(self.devices):
+                    first = round((tick - 1) * self.TICK_S * per_device)
+                    last = round(tick * self.TICK_S * per_device)
+                    readings = []
+                    for i in range(first, last):
+                        seq = self._seq[n]
+                        self._seq[n] += 1
+                        readings.append(_body(seq, int((start_wall + i / per_device) * 1000), n))
+                    if readings:
+                        sent += len(readings)
+                        tasks.append(asyncio.create_task(post(device, key, readings)))
+            await asyncio.gather(*tasks)
+        return {"sent": sent, "sender_worst_late_ms": round(worst_late * 1000),
+                "http_status_readings": {str(k): v for k, v in sorted(statuses.items())}}
+
+
+# --- the run -------------------------------------------------------------------------------------
+class Pipeline:
+    """Worker, MQTT connector and API of the bench, with an admin's token."""
+
+    def __init__(self, settings: Settings, run_id: str) -> None:
+        roles = all_roles(settings)
+        taken = [settings.metrics_port_base + i for i in range(len(roles))
+                 if _port_taken(settings.metrics_port_base + i)]
+        if taken:
+            raise RuntimeError(f"ports {taken} are in use: stop `make run` (or another worker) first")
+        self.settings = settings
+        self.port = _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.client_id = f"webscada-bench-{run_id}"
+        quiet = {"WEBSCADA_LOG_LEVEL": "warning"}
+        self.worker = Proc.start("worker", "worker", settings=settings, env=quiet)
+        self.connector = Proc.start("connector", "connect", "mqtt", settings=settings,
+                                    env={**quiet, "WEBSCADA_MQTT_CLIENT_ID": self.client_id})
+        self.api = Proc.start("api", "api", settings=settings, env={
+            **quiet, "WEBSCADA_API_PORT": str(self.port), "WEBSCADA_INGEST_RATE_LIMIT": "1000000",
+            "WEBSCADA_INGEST_MAX_READINGS": "1000"})
+        self.username = f"bench-{run_id}"
+        self.token = ""
+
+    def login(self) -> None:
+        from api.passwords import Passwords
+
+        if not wait_for(lambda: _port_taken(self.port), 60):
+            raise RuntimeError("the API did not start; see .stack/logs/bench-api.log")
+        password = secrets.token_urlsafe(12)
+        with psycopg.connect(self.settings.pg_conninfo, autocommit=True) as conn:
+            conn.execute("INSERT INTO users (username, password_hash, role) VALUES (%s, %s, 'admin')",
+                         (self.username, Passwords().hash(password)))
+        response = httpx.post(f"{self.base_url}/api/auth/token", timeout=15,
+                              json={"username": self.username, "password": password})
+        response.raise_for_status()
+        self.token = str(response.json()["access_token"])
+
+    def processes(self) -> dict[str, Proc]:
+        return {"worker": self.worker, "connector_mqtt": self.connector, "api": self.api}
+
+    def close(self) -> None:
+        for proc in (self.connector, self.api, self.worker):
+            proc.stop()
+        with psycopg.connect(self.settings.pg_conninfo, autocommit=True) as conn:
+            conn.execute("DELETE FROM users WHERE username = %s", (self.username,))
+        forget = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             clean_session=True)
+        forget.connect(self.settings.mqtt_host, self.settings.mqtt_port)
+        forget.disconnect()
+
+
+def _step(name: str, rate: float, seconds: float, send: Callable[[float, float], dict[str, Any]],
+          metrics: SinkMetrics, browser: Browser, worker: Proc) -> dict[str, Any]:
+    before = metrics.scrape()
+    cpu_before = worker.cpu_seconds()
+    started = time.time()
+    sent = send(rate, seconds)
+    ended = time.time()
+    target = sent["sent"]
+
+    def all_written() -> bool:
+        now = metrics.scrape()
+        return all(now[s]["written"] - before[s]["written"] >= target for s in SINKS)
+
+    sustained = wait_for(all_written, DRAIN_S, interval=0.25)
+    if not sustained:
+        wait_for(all_written, 60, interval=0.5)  # let the backlog drain before the next step
+    settled = time.time()
+    sinks = _delta(metrics.scrape(), before)
+    browser_lat = [round(v * 1000) for v in browser.between(started, settled)]
+    figures = {
+        "transport": name, "rate": rate, "seconds": round(ended - started, 1), **sent,
+        "sustained": sustained, "sinks": sinks,
+        "browser": {"events": len(browser_lat),
+                    **{f"{k}_ms": v for k, v in percentiles(browser_lat).items()}},
+        "worker_cpu_us_per_reading": round((worker.cpu_seconds() - cpu_before) / max(1, target) * 1e6),
+    }
+    p99s = [s["p99_ms"] for s in sinks.values() if s["p99_ms"] is not None]
+    figures["p99_all_sinks_ms"] = max(p99s) if p99s else None
+    figures["ok"] = bool(sustained and p99s and max(p99s) < 1000)
+    lat = " ".join(f"{s} {f['p50_ms']}/{f['p95_ms']}/{f['p99_ms']}" for s, f in sinks.items())
+    b = figures["browser"]
+    print(f"  {name:4s} {rate:7.0f}/s  sent {target:6d}  {'sustained' if sustained else 'BEHIND   '}"
+          f"  p50/p95/p99 ms: {lat}  browser {b.get('p50_ms')}/{b.get('p95_ms')}/{b.get('p99_ms')}"
+          f" ({b['events']} events)  worker {figures['worker_cpu_us_per_reading']} CPU-µs/reading",
+          flush=True)
+    return figures
+
+
+def _ladder_of_rates(name: str, start: float, cap: float, seconds: float,
+                     send: Callable[[float, float], dict[str, Any]], metrics: SinkMetrics,
+                     browser: Browser, worker: Proc) -> dict[str, Any]:
+    steps: list[dict[str, Any]] = []
+    rate, best, worst = start, 0.0, 0.0
+    while rate <= cap:
+        step = _step(name, rate, seconds, send, metrics, browser, worker)
+        steps.append(step)
+        if not step["ok"]:
+            worst = rate
+            break
+        best = rate
+        rate *= 2
+    if best and worst:
+        middle = round((best + worst) / 2)
+        step = _step(name, middle, seconds, send, metrics, browser, worker)
+        steps.append(step)
+        if step["ok"]:
+            best = middle
+    half = round(best / 2) if best else 0
+    at_half = next((s for s in steps if s["rate"] == half), None)
+    if half and at_half is None:
+        at_half = _step(name, half, seconds, send, metrics, browser, worker)
+        steps.append(at_half)
+    return {"steps": steps, "best_rate_p99_under_1s": best,
+            "half_rate": half, "browser_p99_ms_at_half_rate": at_half and at_half["browser"].get("p99_ms"),
+            "sinks_p99_ms_at_half_rate": at_half and at_half["p99_all_sinks_ms"]}
+
+
+def run(settings: Settings, *, quick: bool = False) -> dict[str, Any]:
+    run_id = uuid.uuid4().hex[:6]
+    application_id = f"bench-{run_id}"
+    seconds = 6.0 if quick else 12.0
+    pipeline = Pipeline(settings, run_id)
+    rule = BenchRule(settings, None, metric="bench_level")
+    browser: Browser | None = None
+    mqtt_devices: MqttDevices | None = None
+    result: dict[str, Any] = {"step_seconds": seconds, "drain_seconds": DRAIN_S}
+    try:
+        pipeline.login()
+        metrics = SinkMetrics(settings)
+        if not wait_for(lambda: _safe(metrics.scrape), 90, interval=1):
+            raise RuntimeError("the worker's sink metrics did not come up; see .stack/logs/bench-worker.log")
+        mqtt_devices = MqttDevices(settings, f"bench-{run_id}", 50)
+        http_devices = HttpDevices(pipeline.base_url, pipeline.token, f"bench-{run_id}", 20,
+                                   application_id)
+        browser = Browser(pipeline.base_url, pipeline.token,
+                          mqtt_devices.devices + [d for d, _ in http_devices.devices])
+        for proc in pipeline.processes().values():
+            if not proc.alive():
+                raise RuntimeError(f"bench {proc.name} exited; see .stack/logs/bench-{proc.name}.log")
+        # Warm-up: every role joined and every connection made before anything is timed.
+        mqtt_devices.send(100, 3)
+        if not wait_for(lambda: all(v["written"] >= 300 for v in metrics.scrape().values()), 120):
+            raise RuntimeError("the warm-up readings did not reach every sink")
+        # Whatever was waiting in the topics (an earlier run's readings) is worked off first.
+        groups = [f"webscada-{role}" for role in ("validate", "sink-redis", "sink-influxdb",
+                                                  "sink-postgres", "alarms")]
+        if not wait_drained(settings, groups, timeout=300):
+            raise RuntimeError("the worker did not work off the backlog in its topics within 300 s")
+        print(f"end to end (open loop, {seconds:.0f} s per rate; sink latency p50/p95/p99 in ms):",
+              flush=True)
+        cap = 4000 if quick else 16000
+        result["mqtt"] = _ladder_of_rates("mqtt", 500, cap, seconds, mqtt_devices.send, metrics,
+                                          browser, pipeline.worker)
+        result["http"] = _ladder_of_rates("http", 1000, cap, seconds, http_devices.send, metrics,
+                                          browser, pipeline.worker)
+        result["alarms_raised"] = rule.alarms()
+        result["peak_rss_mb"] = {name: round(sum(proc.peak_rss_mb().values()), 1)
+                                 for name, proc in pipeline.processes().items()}
+        result["peak_rss_mb_worker_roles"] = sorted(
+            round(v, 1) for v in pipeline.worker.peak_rss_mb().values())
+    finally:
+        if browser is not None:
+            browser.close()
+        if mqtt_devices is not None:
+            mqtt_devices.close()
+        rule.retire()
+        pipeline.close()
+    for name in ("mqtt", "http"):
+        part = result[name]
+        print(f"  {name}: highest rate with every reading in all sinks and p99 < 1 s: "
+              f"{part['best_rate_p99_under_1s']:.0f} readings/s; at half that "
+              f"({part['half_rate']}/s) p99 to the browser {part['browser_p99_ms_at_half_rate']} ms, "
+              f"to the slowest sink {part['sinks_p99_ms_at_half_rate']} ms", flush=True)
+    rss = result["peak_rss_mb"]
+    print(f"  peak RSS MiB: worker {rss['worker']} (roles {result['peak_rss_mb_worker_roles']}),"
+          f" MQTT connector {rss['connector_mqtt']}, API {rss['api']};"
+          f" {result['alarms_raised']} alarms raised", flush=True)
+    return result
+
+
+def _safe(call: Callable[[], object]) -> object:
+    try:
+        return call()
+    except (httpx.HTTPError, OSError):
+        return None
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="End-to-end open-loop benchmark")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(json.dumps(run(Settings(), quick=args.quick), indent=2))

@@ -51,7 +51,7 @@ stop: venv
 	$(BIN)/webscada stop
 
 bench: venv stack
-	$(BIN)/python -m bench.e2e_mqtt
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

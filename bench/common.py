@@ -28,6 +28,7 @@ __all__ = [
     "make_readings",
     "peak_rss_mb",
     "percentiles",
+    "pss_mb",
     "service_pids",
     "services_cpu",
     "tree_pids",
@@ -57,6 +58,20 @@ def peak_rss_mb(pid: int) -> float:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
     except FileNotFoundError:
+        pass
+    return 0.0
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size of ``pid`` in MiB: its private memory plus its share of pages it
+    shares with other processes (libraries, copy-on-write), so summing over processes counts
+    each page once. 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except (FileNotFoundError, ProcessLookupError):
         pass
     return 0.0
 
@@ -150,6 +165,10 @@ class Proc:
     def peak_rss_mb(self) -> dict[int, float]:
         """Peak resident MiB of the process and each live descendant, by pid."""
         return {pid: peak_rss_mb(pid) for pid in tree_pids(self.pid)}
+
+    def pss_mb(self) -> float:
+        """Summed proportional set size (MiB) of the process and its live descendants now."""
+        return sum(pss_mb(pid) for pid in tree_pids(self.pid))
 
     def stop(self, timeout: float = 30) -> None:
         if self.popen.poll() is None:

@@ -35,13 +35,14 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import aiohttp
 import httpx
 import paho.mqtt.client as mqtt
 import psycopg
 import socketio
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import Proc, percentiles, wait_for
+from bench.common import Proc, percentiles, services_cpu, wait_for
 from bench.ladder import BenchRule, wait_drained
 from pipeline.app import all_roles
 from pipeline.settings import Settings
@@ -50,6 +51,8 @@ __all__ = ["run"]
 
 SINKS = ("redis", "influxdb", "postgres")
 DRAIN_S = 5.0
+# highest summed PSS seen per process tree (sampled as each step settles)
+PEAK_PSS: dict[str, float] = {}
 
 
 def _free_port() -> int:
@@ -219,19 +222,22 @@ class HttpDevices:
 
     async def _send(self, rate: float, seconds: float) -> dict[str, Any]:
         """Every tick each device posts the readings scheduled inside it (open loop: requests
-        are not awaited before the next tick)."""
+        are not awaited before the next tick). aiohttp, as the lightest client at hand: the
+        devices share the machine with the pipeline they measure."""
         per_device = rate / len(self.devices)
         statuses: dict[int, int] = {}
         tasks: list[asyncio.Task[None]] = []
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        async with httpx.AsyncClient(base_url=self._base_url, timeout=30, limits=limits) as client:
+        connector = aiohttp.TCPConnector(limit=64)
+        async with aiohttp.ClientSession(base_url=self._base_url, connector=connector,
+                                         timeout=aiohttp.ClientTimeout(total=30)) as session:
 
             async def post(device: str, key: str, readings: list[dict[str, Any]]) -> None:
                 try:
-                    response = await client.post(f"/api/devices/{device}/telemetry", json=readings,
-                                                 headers={"X-API-Key": key})
-                    code = response.status_code
-                except httpx.HTTPError:
+                    async with session.post(f"/api/devices/{device}/telemetry", json=readings,
+                                            headers={"X-API-Key": key}) as response:
+                        await response.read()
+                        code = response.status
+                except (aiohttp.ClientError, TimeoutError):
                     code = 0
                 statuses[code] = statuses.get(code, 0) + len(readings)
 
@@ -247,9 +253,9 @@ class HttpDevices:
                     await asyncio.sleep(delay)
                 else:
                     worst_late = max(worst_late, -delay)
+                first = round((tick - 1) * self.TICK_S * per_device)
+                last = round(tick * self.TICK_S * per_device)
                 for n, (device, key) in enumerate(self.devices):
-                    first = round((tick - 1) * self.TICK_S * per_device)
-                    last = round(tick * self.TICK_S * per_device)
                     readings = []
                     for i in range(first, last):
                         seq = self._seq[n]
@@ -315,10 +321,17 @@ class Pipeline:
         forget.disconnect()
 
 
+def _cpu(procs: dict[str, Proc]) -> dict[str, float]:
+    """CPU seconds so far of the bench's processes, the services and this process (the devices
+    and the browser)."""
+    return {**{name: proc.cpu_seconds() for name, proc in procs.items()}, **services_cpu(),
+            "bench devices + browser": time.process_time()}
+
+
 def _step(name: str, rate: float, seconds: float, send: Callable[[float, float], dict[str, Any]],
-          metrics: SinkMetrics, browser: Browser, worker: Proc) -> dict[str, Any]:
+          metrics: SinkMetrics, browser: Browser, procs: dict[str, Proc]) -> dict[str, Any]:
     before = metrics.scrape()
-    cpu_before = worker.cpu_seconds()
+    cpu_before = _cpu(procs)
     started = time.time()
     sent = send(rate, seconds)
     ended = time.time()
@@ -332,6 +345,11 @@ def _step(name: str, rate: float, seconds: float, send: Callable[[float, float],
     if not sustained:
         wait_for(all_written, 60, interval=0.5)  # let the backlog drain before the next step
     settled = time.time()
+    for proc_name, proc in procs.items():
+        PEAK_PSS[proc_name] = max(PEAK_PSS.get(proc_name, 0.0), proc.pss_mb())
+    cpu_after = _cpu(procs)
+    cpu_us = {k: round((cpu_after[k] - cpu_before.get(k, 0.0)) / max(1, target) * 1e6)
+              for k in cpu_after}
     sinks = _delta(metrics.scrape(), before)
     browser_lat = [round(v * 1000) for v in browser.between(started, settled)]
     figures = {
@@ -339,7 +357,9 @@ def _step(name: str, rate: float, seconds: float, send: Callable[[float, float],
         "sustained": sustained, "sinks": sinks,
         "browser": {"events": len(browser_lat),
                     **{f"{k}_ms": v for k, v in percentiles(browser_lat).items()}},
-        "worker_cpu_us_per_reading": round((worker.cpu_seconds() - cpu_before) / max(1, target) * 1e6),
+        "cpu_us_per_reading": cpu_us,
+        "cpu_us_per_reading_total": sum(cpu_us.values()),
+        "cpu_busy": round((sum(cpu_after.values()) - sum(cpu_before.values())) / (settled - started), 2),
     }
     p99s = [s["p99_ms"] for s in sinks.values() if s["p99_ms"] is not None]
     figures["p99_all_sinks_ms"] = max(p99s) if p99s else None
@@ -348,41 +368,52 @@ def _step(name: str, rate: float, seconds: float, send: Callable[[float, float],
     b = figures["browser"]
     print(f"  {name:4s} {rate:7.0f}/s  sent {target:6d}  {'sustained' if sustained else 'BEHIND   '}"
           f"  p50/p95/p99 ms: {lat}  browser {b.get('p50_ms')}/{b.get('p95_ms')}/{b.get('p99_ms')}"
-          f" ({b['events']} events)  worker {figures['worker_cpu_us_per_reading']} CPU-µs/reading",
+          f" ({b['events']} events)", flush=True)
+    print("         CPU-µs per reading: " + ", ".join(f"{k} {v}" for k, v in cpu_us.items())
+          + f"; total {figures['cpu_us_per_reading_total']}, {figures['cpu_busy']:.2f} cores busy",
           flush=True)
     return figures
 
 
 def _ladder_of_rates(name: str, start: float, cap: float, seconds: float,
                      send: Callable[[float, float], dict[str, Any]], metrics: SinkMetrics,
-                     browser: Browser, worker: Proc) -> dict[str, Any]:
+                     browser: Browser, procs: dict[str, Proc]) -> dict[str, Any]:
+    """Double the rate while it holds; halve it while even the first does not; then try the
+    midpoint between the best that held and the first that did not, and half the best."""
     steps: list[dict[str, Any]] = []
-    rate, best, worst = start, 0.0, 0.0
+
+    def step(rate: float) -> bool:
+        steps.append(_step(name, rate, seconds, send, metrics, browser, procs))
+        return bool(steps[-1]["ok"])
+
+    best, worst, rate = 0.0, 0.0, start
     while rate <= cap:
-        step = _step(name, rate, seconds, send, metrics, browser, worker)
-        steps.append(step)
-        if not step["ok"]:
+        if not step(rate):
             worst = rate
             break
         best = rate
         rate *= 2
-    if best and worst:
-        middle = round((best + worst) / 2)
-        step = _step(name, middle, seconds, send, metrics, browser, worker)
-        steps.append(step)
-        if step["ok"]:
-            best = middle
-    half = round(best / 2) if best else 0
+    while not best and rate >= 100:
+        rate = round(rate / 2)
+        if step(rate):
+            best = rate
+    if best and worst and step(round((best + worst) / 2)):
+        best = round((best + worst) / 2)
+    half = round(best / 2)
     at_half = next((s for s in steps if s["rate"] == half), None)
     if half and at_half is None:
-        at_half = _step(name, half, seconds, send, metrics, browser, worker)
-        steps.append(at_half)
+        step(half)
+        at_half = steps[-1]
     return {"steps": steps, "best_rate_p99_under_1s": best,
             "half_rate": half, "browser_p99_ms_at_half_rate": at_half and at_half["browser"].get("p99_ms"),
-            "sinks_p99_ms_at_half_rate": at_half and at_half["p99_all_sinks_ms"]}
+            "sinks_p99_ms_at_half_rate": at_half and at_half["p99_all_sinks_ms"],
+            "cpu_us_per_reading_at_best": next(
+                (s["cpu_us_per_reading"] for s in steps if s["rate"] == best), None)}
 
 
-def run(settings: Settings, *, quick: bool = False) -> dict[str, Any]:
+def run(settings: Settings, *, quick: bool = False, rates: list[float] | None = None,
+        transports: tuple[str, ...] = ("mqtt", "http")) -> dict[str, Any]:
+    """The rate search over both transports, or with ``rates`` just those fixed rates."""
     run_id = uuid.uuid4().hex[:6]
     application_id = f"bench-{run_id}"
     seconds = 6.0 if quick else 12.0
@@ -397,7 +428,7 @@ def run(settings: Settings, *, quick: bool = False) -> dict[str, Any]:
         if not wait_for(lambda: _safe(metrics.scrape), 90, interval=1):
             raise RuntimeError("the worker's sink metrics did not come up; see .stack/logs/bench-worker.log")
         mqtt_devices = MqttDevices(settings, f"bench-{run_id}", 50)
-        http_devices = HttpDevices(pipeline.base_url, pipeline.token, f"bench-{run_id}", 20,
+        http_devices = HttpDevices(pipeline.base_url, pipeline.token, f"bench-{run_id}", 10,
                                    application_id)
         browser = Browser(pipeline.base_url, pipeline.token,
                           mqtt_devices.devices + [d for d, _ in http_devices.devices])
@@ -416,15 +447,20 @@ def run(settings: Settings, *, quick: bool = False) -> dict[str, Any]:
         print(f"end to end (open loop, {seconds:.0f} s per rate; sink latency p50/p95/p99 in ms):",
               flush=True)
         cap = 4000 if quick else 16000
-        result["mqtt"] = _ladder_of_rates("mqtt", 500, cap, seconds, mqtt_devices.send, metrics,
-                                          browser, pipeline.worker)
-        result["http"] = _ladder_of_rates("http", 1000, cap, seconds, http_devices.send, metrics,
-                                          browser, pipeline.worker)
+        senders = {"mqtt": mqtt_devices.send, "http": http_devices.send}
+        for name in transports:
+            if rates:
+                result[name] = {"steps": [_step(name, rate, seconds, senders[name], metrics, browser,
+                                                pipeline.processes()) for rate in rates]}
+            else:
+                result[name] = _ladder_of_rates(name, 250, cap, seconds, senders[name], metrics,
+                                                browser, pipeline.processes())
         result["alarms_raised"] = rule.alarms()
         result["peak_rss_mb"] = {name: round(sum(proc.peak_rss_mb().values()), 1)
                                  for name, proc in pipeline.processes().items()}
         result["peak_rss_mb_worker_roles"] = sorted(
             round(v, 1) for v in pipeline.worker.peak_rss_mb().values())
+        result["peak_pss_mb"] = {name: round(v, 1) for name, v in PEAK_PSS.items()}
     finally:
         if browser is not None:
             browser.close()
@@ -432,15 +468,19 @@ def run(settings: Settings, *, quick: bool = False) -> dict[str, Any]:
             mqtt_devices.close()
         rule.retire()
         pipeline.close()
-    for name in ("mqtt", "http"):
+    for name in transports:
         part = result[name]
+        if rates:
+            continue
         print(f"  {name}: highest rate with every reading in all sinks and p99 < 1 s: "
               f"{part['best_rate_p99_under_1s']:.0f} readings/s; at half that "
               f"({part['half_rate']}/s) p99 to the browser {part['browser_p99_ms_at_half_rate']} ms, "
               f"to the slowest sink {part['sinks_p99_ms_at_half_rate']} ms", flush=True)
-    rss = result["peak_rss_mb"]
-    print(f"  peak RSS MiB: worker {rss['worker']} (roles {result['peak_rss_mb_worker_roles']}),"
-          f" MQTT connector {rss['connector_mqtt']}, API {rss['api']};"
+    rss, pss = result["peak_rss_mb"], result["peak_pss_mb"]
+    print(f"  peak RSS MiB (sum over processes): worker {rss['worker']} (supervisor and roles "
+          f"{result['peak_rss_mb_worker_roles']}), MQTT connector {rss['connector_mqtt']}, API "
+          f"{rss['api']}; PSS (shared pages counted once): worker {pss.get('worker')}, MQTT "
+          f"connector {pss.get('connector_mqtt')}, API {pss.get('api')};"
           f" {result['alarms_raised']} alarms raised", flush=True)
     return result
 
@@ -455,5 +495,9 @@ def _safe(call: Callable[[], object]) -> object:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="End-to-end open-loop benchmark")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rates", type=float, nargs="+", help="run just these rates (readings/s)")
+    parser.add_argument("--transport", choices=("mqtt", "http"), action="append",
+                        help="only this transport (repeatable)")
     args = parser.parse_args()
-    print(json.dumps(run(Settings(), quick=args.quick), indent=2))
+    print(json.dumps(run(Settings(), quick=args.quick, rates=args.rates,
+                         transports=tuple(args.transport or ("mqtt", "http"))), indent=2))

@@ -97,7 +97,7 @@ def create_app(role: str, settings: Settings) -> faust.App:
         broker_commit_interval=1.0,
         broker_commit_every=5000,
         stream_buffer_maxsize=max(4096, settings.sink_batch_size * 2),
-        consumer_max_fetch_size=4 * 1024 * 1024,
+        consumer_max_fetch_size=1024 * 1024,
         logging_config=None,
     )
     registrars[role](app, settings)

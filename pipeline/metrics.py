@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from prometheus_client import Gauge, start_http_server
 
@@ -27,12 +28,17 @@ def serve_metrics(host: str, port: int) -> None:
     log.info("metrics on http://%s:%d/metrics", host, port)
 
 
+_ADMINS: dict[str, Any] = {}
+
+
 def measure_lag(bootstrap: str, group: str, timeout: float = 5.0) -> dict[tuple[str, int], int]:
     """Per partition: end offset minus the group's committed offset (blocking; run in a thread)."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import AdminClient, OffsetSpec
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = _ADMINS.get(bootstrap)
+    if admin is None:  # one client per process: each has its own threads and connections
+        admin = _ADMINS[bootstrap] = AdminClient({"bootstrap.servers": bootstrap})
     committed = admin.list_consumer_group_offsets(
         [ConsumerGroupTopicPartitions(group)], request_timeout=timeout
     )[group].result()

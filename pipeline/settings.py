@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     auto_register: bool = True
     sink_batch_size: int = Field(2000, ge=1)
     sink_batch_within_s: float = Field(0.2, gt=0)
+    # validate is on every reading's path to the browser and to every sink: it batches briefly
+    validate_batch_within_s: float = Field(0.05, gt=0)
     max_future_skew_s: float = Field(300.0, ge=0)
     profile_refresh_s: float = Field(5.0, gt=0)
     # Extra stream agents: ["role=module:function", ...] (JSON list in the environment)

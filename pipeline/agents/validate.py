@@ -119,7 +119,7 @@ def register_validate(app: faust.App, settings: Settings) -> None:
                 break
             await asyncio.sleep(1)
         batches = cast(Stream[bytes], stream).take_events(
-            settings.sink_batch_size, within=settings.sink_batch_within_s
+            settings.sink_batch_size, within=settings.validate_batch_within_s
         )
         async for events in batches:
             await producer.send_all(validator.route(events))

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import (
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.errors import PermanentSinkError, TransientSinkError
@@ -17,17 +22,29 @@ __all__ = ["LATEST_KEY", "RedisLatestSink", "latest_fields"]
 
 LATEST_KEY = "webscada:latest:{device_id}"
 
-# Write only when the stored reading is not newer: ISO-8601 strings of fixed
-# width compare as the times they name. The TTL is refreshed on every write.
+# One call per device per batch. ARGV: the TTL, then per reading (oldest first) its
+# time, its number of field/value items and those items. A reading is written only
+# when the stored one is not newer: ISO-8601 strings of fixed width compare as the
+# times they name. The TTL is refreshed when anything was written.
 _WRITE_IF_NEWER = """
 local current = redis.call('HGET', KEYS[1], 'ts')
-if current and current > ARGV[1] then
-  return 0
+local i, wrote = 2, 0
+while i <= #ARGV do
+  local ts, n = ARGV[i], tonumber(ARGV[i + 1])
+  if not current or ts >= current then
+    redis.call('HSET', KEYS[1], 'ts', ts, unpack(ARGV, i + 2, i + 1 + n))
+    current = ts
+    wrote = wrote + 1
+  end
+  i = i + 2 + n
 end
-redis.call('HSET', KEYS[1], 'ts', ARGV[1], unpack(ARGV, 3))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-return 1
+if wrote > 0 then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+end
+return wrote
 """
+# readings per script call, so that one call never holds Redis for long
+_PER_CALL = 200
 
 
 def latest_fields(record: Telemetry) -> list[str]:
@@ -55,27 +72,39 @@ class RedisLatestSink(Sink):
         self._url = url
         self._ttl_s = ttl_s
         self._client: aioredis.Redis | None = None
-        self._script: Any = None
+        self._script: str | None = None  # SHA1 of the loaded script
 
     async def setup(self) -> None:
         self._client = aioredis.from_url(self._url, socket_timeout=5, socket_connect_timeout=3)
-        self._script = self._client.register_script(_WRITE_IF_NEWER)
 
     async def write(self, batch: list[Telemetry]) -> None:
         assert self._client is not None, "setup() first"
-        # Oldest first, so that within one batch the newest reading wins.
-        ordered = sorted(batch, key=lambda r: r.ts)
+        by_device: dict[str, list[Telemetry]] = {}
+        for record in batch:
+            by_device.setdefault(record.device_id, []).append(record)
         try:
+            if self._script is None:  # loaded once; again after Redis lost its scripts
+                self._script = await self._client.script_load(_WRITE_IF_NEWER)
             async with self._client.pipeline(transaction=False) as pipe:
-                for record in ordered:
-                    key = LATEST_KEY.format(device_id=record.device_id)
-                    args = [iso_utc(record.ts), self._ttl_s, *latest_fields(record)]
-                    await self._script(keys=[key], args=args, client=pipe)
+                for device_id, records in by_device.items():
+                    records.sort(key=lambda r: r.ts)  # oldest first: the newest wins
+                    key = LATEST_KEY.format(device_id=device_id)
+                    for start in range(0, len(records), _PER_CALL):
+                        args: list[str | int] = [self._ttl_s]
+                        for record in records[start:start + _PER_CALL]:
+                            fields = latest_fields(record)
+                            args += [iso_utc(record.ts), len(fields), *fields]
+                        pipe.evalsha(self._script, 1, key, *args)
                 await pipe.execute()
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise TransientSinkError(f"redis unreachable: {exc}") from exc
+        except NoScriptError as exc:  # Redis restarted (or SCRIPT FLUSH): load it again
+            self._script = None
+            raise TransientSinkError(f"redis lost the write script: {exc}") from exc
+        except (OutOfMemoryError, ReadOnlyError, TryAgainError) as exc:
+            raise TransientSinkError(f"redis cannot write now: {exc}") from exc
         except ResponseError as exc:
-            if "NOSCRIPT" in str(exc) or "LOADING" in str(exc) or "BUSY" in str(exc):
+            if str(exc).startswith("BUSY"):
                 raise TransientSinkError(f"redis busy: {exc}") from exc
             raise PermanentSinkError(f"redis rejected the batch: {exc}") from exc
         except RedisError as exc:

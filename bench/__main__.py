@@ -76,6 +76,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             "mqtt": run["mqtt"]["browser_p99_ms_at_half_rate"],
             "http": run["http"]["browser_p99_ms_at_half_rate"]}
         summary["worker_rss_mb"] = run["peak_rss_mb"]["worker"]
+        summary["worker_pss_mb"] = run["peak_pss_mb"].get("worker")
         if reference_rate:
             # readings/s per 1,000 reference encodes per CPU-second: comparable across machines
             summary["best_rate_per_reference_k"] = round(best / (reference_rate / 1000), 2)
@@ -94,8 +95,12 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             "share_of_raw_ceiling": {"target": 0.25,
                                      "measured": summary.get("share_of_raw_produce_consume"),
                                      "met": (summary.get("share_of_raw_produce_consume") or 0) >= 0.25},
-            "worker_rss_mb": {"target": 500, "measured": summary["worker_rss_mb"],
-                              "met": summary["worker_rss_mb"] < 500},
+            # The worker is one process per role: summed RSS counts the pages they share
+            # (interpreter, libraries) once per process; PSS counts each page once.
+            "worker_memory_mb_pss": {"target": 500, "measured": summary["worker_pss_mb"],
+                                     "met": (summary["worker_pss_mb"] or 1e9) < 500},
+            "worker_memory_mb_summed_rss": {"target": 500, "measured": summary["worker_rss_mb"],
+                                            "met": summary["worker_rss_mb"] < 500},
         }
     return summary
 

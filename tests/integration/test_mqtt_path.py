@@ -19,6 +19,7 @@ from pipeline.settings import Settings
 from tests.conftest import WorkerProcess, stop_process, unique_id, wait_until
 from tests.integration.conftest import ApiServer
 from tests.integration.helpers import dead_letters_for, device_row, influx_points, redis_latest
+from tests.integration.live import forget_mqtt_session
 
 pytestmark = pytest.mark.integration
 
@@ -43,14 +44,16 @@ def _publish(settings: Settings, topic: str, payload: bytes | str) -> None:
 
 
 @pytest.fixture(scope="module")
-def connector(start_process: Starter) -> Iterator[subprocess.Popen[bytes]]:
-    """The MQTT connector, with a session of its own so a running `make run` is not disturbed."""
+def connector(start_process: Starter, stack: Settings) -> Iterator[subprocess.Popen[bytes]]:
+    """The MQTT connector, with a session of its own so a running `make run` is not disturbed;
+    the session is removed afterwards, so the broker does not queue readings for it for days."""
     proc = start_process("connect", "mqtt", log_name="test-connector-mqtt.log",
                          env={"WEBSCADA_MQTT_CLIENT_ID": "webscada-connector-test"})
     time.sleep(3)
     assert proc.poll() is None, "the MQTT connector exited; see .stack/logs/test-connector-mqtt.log"
     yield proc
     stop_process(proc)
+    forget_mqtt_session(stack, "webscada-connector-test")
 
 
 async def test_mqtt_reading_reaches_stores_and_socketio_room(

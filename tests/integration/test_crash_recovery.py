@@ -33,7 +33,7 @@ from infra import stack as local_stack
 from infra.services.postgres import Postgres
 from pipeline.alarms import AlarmEvent
 from pipeline.settings import Settings, Topics
-from schemas import Telemetry, utcnow
+from schemas import Telemetry, iso_utc, utcnow
 from tests.conftest import WorkerProcess, unique_id, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.disruptive]
@@ -129,8 +129,11 @@ def retire_rule(stack: Settings, rule_id: str) -> None:
 
 def influx_seq(stack: Settings, run: Run) -> dict[str, list[tuple[datetime, float]]]:
     """Every (time, seq) stored for each of the run's devices, over every series."""
+    # Only the run's own time span: a cheap query, which does not slow InfluxDB down itself.
+    start = iso_utc(run.ts(0) - timedelta(seconds=1))
+    stop = iso_utc(run.ts(run.per_device) + timedelta(seconds=1))
     flux = (
-        f'from(bucket: "{stack.influx_bucket}") |> range(start: -2h)'
+        f'from(bucket: "{stack.influx_bucket}") |> range(start: {start}, stop: {stop})'
         f' |> filter(fn: (r) => r._measurement == "telemetry" and r._field == "seq"'
         f' and strings.hasPrefix(v: r.device_id, prefix: "{run.prefix}-"))'
         ' |> keep(columns: ["_time", "_value", "device_id"])'
@@ -297,19 +300,23 @@ def test_postgres_down_60s_stalls_only_postgres_which_catches_up(
         wait_until(lambda: run.sent >= 150 * run.devices, timeout=60, what="a first part sent")
         postgres.stop()
         stopped = time.monotonic()
-        lags: list[float] = []
-        # During the outage the other stores stay within a few seconds of the sender.
+        redis_lag: list[float] = []
+        influx_lag: list[float] = []
+        # During the outage the other stores keep taking readings: sampled every 10 s, each
+        # stays within seconds of the sender (a store waiting on PostgreSQL would fall a
+        # minute behind). The bound allows for InfluxDB's own pauses on a busy machine.
         while time.monotonic() - stopped < 60:
             time.sleep(10)
-            sent_seq = run.sent // run.devices
+            sent, sent_seq = run.sent, run.sent // run.devices
             newest = min(redis_seq(stack, run.device_ids).values(), default=0.0)
             stored = influx_count(stack, run)
-            lags.append((sent_seq - newest) / (rate / run.devices))
-            assert sent_seq - newest < 5 * rate / run.devices, (
-                f"Redis fell behind during the outage: {newest:.0f} of {sent_seq}")
-            assert run.sent - stored < 5 * rate, (
-                f"InfluxDB fell behind during the outage: {stored} of {run.sent}")
-        print(f"Redis lag during the PostgreSQL outage: {', '.join(f'{s:.1f} s' for s in lags)}")
+            redis_lag.append((sent_seq - newest) / (rate / run.devices))
+            influx_lag.append((sent - stored) / rate)
+        print("behind the sender during the PostgreSQL outage: Redis "
+              + ", ".join(f"{s:.1f}" for s in redis_lag) + " s; InfluxDB "
+              + ", ".join(f"{s:.1f}" for s in influx_lag) + " s")
+        assert max(redis_lag) < 15, f"Redis fell behind during the outage: {redis_lag}"
+        assert max(influx_lag) < 15, f"InfluxDB fell behind during the outage: {influx_lag}"
     finally:
         if not postgres.answers():
             assert local_stack.up(stack, only={"postgres"}) == 0, "PostgreSQL did not come back"

@@ -42,7 +42,7 @@ import psycopg
 import socketio
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import Proc, percentiles, services_cpu, wait_for
+from bench.common import Proc, cpu_seconds, percentiles, services_cpu, tree_pids, wait_for
 from bench.ladder import BenchRule, wait_drained
 from pipeline.app import all_roles
 from pipeline.settings import Settings
@@ -321,6 +321,20 @@ class Pipeline:
         forget.disconnect()
 
 
+def _worker_roles(worker: Proc) -> dict[str, float]:
+    """CPU seconds so far of each role process of the worker, by role."""
+    roles: dict[str, float] = {}
+    for pid in tree_pids(worker.pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as raw:
+                argv = raw.read().decode(errors="replace").split("\0")
+            if "--role" in argv:
+                roles[f"  {argv[argv.index('--role') + 1]}"] = cpu_seconds(pid)
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return roles
+
+
 def _cpu(procs: dict[str, Proc]) -> dict[str, float]:
     """CPU seconds so far of the bench's processes, the services and this process (the devices
     and the browser)."""
@@ -332,6 +346,7 @@ def _step(name: str, rate: float, seconds: float, send: Callable[[float, float],
           metrics: SinkMetrics, browser: Browser, procs: dict[str, Proc]) -> dict[str, Any]:
     before = metrics.scrape()
     cpu_before = _cpu(procs)
+    roles_before = _worker_roles(procs["worker"])
     started = time.time()
     sent = send(rate, seconds)
     ended = time.time()
@@ -350,6 +365,9 @@ def _step(name: str, rate: float, seconds: float, send: Callable[[float, float],
     cpu_after = _cpu(procs)
     cpu_us = {k: round((cpu_after[k] - cpu_before.get(k, 0.0)) / max(1, target) * 1e6)
               for k in cpu_after}
+    roles_after = _worker_roles(procs["worker"])
+    roles_us = {k.strip(): round((v - roles_before.get(k, 0.0)) / max(1, target) * 1e6)
+                for k, v in roles_after.items()}
     sinks = _delta(metrics.scrape(), before)
     browser_lat = [round(v * 1000) for v in browser.between(started, settled)]
     figures = {
@@ -359,6 +377,7 @@ def _step(name: str, rate: float, seconds: float, send: Callable[[float, float],
                     **{f"{k}_ms": v for k, v in percentiles(browser_lat).items()}},
         "cpu_us_per_reading": cpu_us,
         "cpu_us_per_reading_total": sum(cpu_us.values()),
+        "worker_cpu_us_per_reading_by_role": roles_us,
         "cpu_busy": round((sum(cpu_after.values()) - sum(cpu_before.values())) / (settled - started), 2),
     }
     p99s = [s["p99_ms"] for s in sinks.values() if s["p99_ms"] is not None]
@@ -372,6 +391,7 @@ def _step(name: str, rate: float, seconds: float, send: Callable[[float, float],
     print("         CPU-µs per reading: " + ", ".join(f"{k} {v}" for k, v in cpu_us.items())
           + f"; total {figures['cpu_us_per_reading_total']}, {figures['cpu_busy']:.2f} cores busy",
           flush=True)
+    print("         worker by role: " + ", ".join(f"{k} {v}" for k, v in roles_us.items()), flush=True)
     return figures
 
 

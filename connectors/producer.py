@@ -88,6 +88,7 @@ class RecordProducer:
     @classmethod
     def from_settings(cls, settings: Settings, *, connector: str, **options: Any) -> RecordProducer:
         """A producer for ``connector`` talking to ``settings.kafka_bootstrap``."""
+        options.setdefault("linger_ms", settings.connector_linger_ms)
         return cls(bootstrap_servers=settings.kafka_bootstrap, connector=connector, **options)
 
     @property

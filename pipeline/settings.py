@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     auto_register: bool = True
     sink_batch_size: int = Field(2000, ge=1)
     sink_batch_within_s: float = Field(0.2, gt=0)
+    # how long a connector's Kafka producer gathers records into one batch: longer means
+    # fewer, bigger batches for the broker and every consumer downstream, for that much latency
+    connector_linger_ms: int = Field(20, ge=0, le=1000)
     # validate is on every reading's path to the browser and to every sink: it batches briefly
     validate_batch_within_s: float = Field(0.05, gt=0)
     max_future_skew_s: float = Field(300.0, ge=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -10,10 +11,12 @@ import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 from influxdb_client import InfluxDBClient
 
+from pipeline.alarms import AlarmEvent
 from pipeline.settings import Settings, Topics
 from schemas import DeadLetter, Telemetry, TelemetryMetadata, utcnow
 
 __all__ = [
+    "alarm_events_keyed",
     "dead_letters_for",
     "device_row",
     "influx_points",
@@ -131,3 +134,33 @@ def skip_group_to_end(settings: Settings, group: str, topic: str) -> None:
                               request_timeout=10)
     offsets = [TopicPartition(topic, tp.partition, future.result().offset) for tp, future in ends.items()]
     admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, offsets)])[group].result()
+
+
+def alarm_events_keyed(settings: Settings, keep: Callable[[bytes], bool], *,
+                       timeout: float = 60.0) -> list[AlarmEvent]:
+    """Every AlarmEvent on topic ``alarms`` whose key ``keep`` accepts, read from the
+    beginning to the end the topic had when called (fails if the end is not reached)."""
+    import time
+
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "unused",
+                         "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(Topics.ALARMS, timeout=10).topics[Topics.ALARMS].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(Topics.ALARMS, p), timeout=10)[1]
+                for p in partitions}
+        consumer.assign([TopicPartition(Topics.ALARMS, p, 0) for p in partitions])
+        found: list[AlarmEvent] = []
+        done = {p for p, end in ends.items() if end == 0}
+        deadline = time.monotonic() + timeout
+        while len(done) < len(partitions) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            if keep(msg.key() or b""):
+                found.append(AlarmEvent.decode(msg.value() or b""))
+            if (msg.offset() or 0) + 1 >= ends[msg.partition() or 0]:
+                done.add(msg.partition() or 0)
+        assert len(done) == len(partitions), "topic alarms not read to its end"
+        return found
+    finally:
+        consumer.close()

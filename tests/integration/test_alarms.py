@@ -21,13 +21,14 @@ import pytest
 import redis
 import socketio
 from aiohttp import web
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from psycopg.rows import dict_row
 
 from pipeline.alarms import AlarmEvent
 from pipeline.settings import Settings, Topics
 from schemas import Telemetry, iso_utc, utcnow
 from tests.conftest import WORKER_ENV, stop_process, unique_id, wait_until
+from tests.integration.helpers import alarm_events_keyed
 
 if TYPE_CHECKING:
     from tests.integration.conftest import ApiServer
@@ -69,30 +70,9 @@ def history_of(settings: Settings, rule_id: str) -> list[str]:
     return [row["event"] for row in rows]
 
 
-def kafka_events(settings: Settings, device_id: str, *, settle_s: float = 1.0) -> list[AlarmEvent]:
+def kafka_events(settings: Settings, device_id: str) -> list[AlarmEvent]:
     """Every AlarmEvent keyed ``device_id`` on topic ``alarms``, read from the beginning."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "unused",
-                         "enable.auto.commit": False})
-    try:
-        partitions = consumer.list_topics(Topics.ALARMS, timeout=10).topics[Topics.ALARMS].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(Topics.ALARMS, p), timeout=10)[1]
-                for p in partitions}
-        consumer.assign([TopicPartition(Topics.ALARMS, p, 0) for p in partitions])
-        found: list[AlarmEvent] = []
-        deadline = time.monotonic() + 20
-        done: set[int] = {p for p, end in ends.items() if end == 0}
-        while len(done) < len(partitions) and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            if msg.key() == device_id.encode():
-                found.append(AlarmEvent.decode(msg.value() or b""))
-            offset, partition = msg.offset() or 0, msg.partition() or 0
-            if offset + 1 >= ends[partition]:
-                done.add(partition)
-        return found
-    finally:
-        consumer.close()
+    return alarm_events_keyed(settings, lambda key: key == device_id.encode(), timeout=20)
 
 
 def kinds(events: list[AlarmEvent]) -> list[str]:

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from influxdb_client import InfluxDBClient
 
 from infra import stack as local_stack
@@ -35,6 +35,7 @@ from pipeline.alarms import AlarmEvent
 from pipeline.settings import Settings, Topics
 from schemas import Telemetry, iso_utc, utcnow
 from tests.conftest import WorkerProcess, unique_id, wait_until
+from tests.integration.helpers import alarm_events_keyed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.disruptive]
 
@@ -158,28 +159,7 @@ def influx_count(stack: Settings, run: Run) -> int:
 
 def alarm_events(stack: Settings, run: Run) -> list[AlarmEvent]:
     """The AlarmEvents of the run's devices on topic ``alarms``, read from the beginning."""
-    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": "unused",
-                         "enable.auto.commit": False})
-    try:
-        partitions = consumer.list_topics(Topics.ALARMS, timeout=10).topics[Topics.ALARMS].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(Topics.ALARMS, p), timeout=10)[1]
-                for p in partitions}
-        consumer.assign([TopicPartition(Topics.ALARMS, p, 0) for p in partitions])
-        found: list[AlarmEvent] = []
-        done = {p for p, end in ends.items() if end == 0}
-        deadline = time.monotonic() + 60
-        while len(done) < len(partitions) and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            if (msg.key() or b"").startswith(f"{run.prefix}-".encode()):
-                found.append(AlarmEvent.decode(msg.value() or b""))
-            if (msg.offset() or 0) + 1 >= ends[msg.partition() or 0]:
-                done.add(msg.partition() or 0)
-        assert len(done) == len(partitions), "topic alarms not read to its end"
-        return found
-    finally:
-        consumer.close()
+    return alarm_events_keyed(stack, lambda key: key.startswith(f"{run.prefix}-".encode()))
 
 
 def assert_everything_stored_once(stack: Settings, run: Run, rule_id: str,

@@ -12,6 +12,7 @@ from pipeline.settings import Settings
 from pipeline.sinks.redis import RedisLatestSink
 from schemas import Telemetry, iso_utc, utcnow
 from tests.conftest import unique_id
+from tests.integration.helpers import redis_latest
 
 pytestmark = pytest.mark.integration
 
@@ -30,14 +31,6 @@ async def sink(stack: Settings) -> AsyncIterator[RedisLatestSink]:
     await sink.close()
 
 
-def latest(settings: Settings, device: str) -> dict[str, str]:
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    try:
-        return client.hgetall(f"webscada:latest:{device}")  # type: ignore[return-value]
-    finally:
-        client.close()
-
-
 async def test_batch_out_of_order_keeps_newest_values_of_every_metric(
     sink: RedisLatestSink, stack: Settings
 ) -> None:
@@ -46,15 +39,16 @@ async def test_batch_out_of_order_keeps_newest_values_of_every_metric(
     batch = [newest, reading(b, 5, level=7.0), reading(a, 3, temperature=1.0, humidity=50.0),
              reading(a, 2, temperature=2.0)]
     await sink.write(batch)
-    assert latest(stack, a) == {"ts": iso_utc(newest.ts), "protocol": "mqtt", "temperature": "3.0",
+    assert redis_latest(stack, a) == {"ts": iso_utc(newest.ts), "protocol": "mqtt", "temperature": "3.0",
                                 "humidity": "50.0"}
-    assert latest(stack, b)["level"] == "7.0"
+    assert redis_latest(stack, b)["level"] == "7.0"
     # A later batch of older readings changes nothing; a newer one does.
     await sink.write([reading(a, 10, temperature=-1.0, pressure=1.0)])
-    assert latest(stack, a)["temperature"] == "3.0" and "pressure" not in latest(stack, a)
+    assert redis_latest(stack, a)["temperature"] == "3.0" and "pressure" not in redis_latest(stack, a)
     newer = reading(a, 0, temperature=4.0)
     await sink.write([newer])
-    assert latest(stack, a)["temperature"] == "4.0" and latest(stack, a)["ts"] == iso_utc(newer.ts)
+    stored = redis_latest(stack, a)
+    assert stored["temperature"] == "4.0" and stored["ts"] == iso_utc(newer.ts)
 
 
 async def test_many_readings_of_one_device_span_several_calls(
@@ -63,7 +57,7 @@ async def test_many_readings_of_one_device_span_several_calls(
     device = unique_id("rs")
     batch = [reading(device, 1000 - i, seq=float(i)) for i in range(450)]
     await sink.write(list(reversed(batch)))
-    assert latest(stack, device)["seq"] == "449.0"
+    assert redis_latest(stack, device)["seq"] == "449.0"
 
 
 async def test_script_flushed_by_redis_is_loaded_again(sink: RedisLatestSink, stack: Settings) -> None:
@@ -77,4 +71,4 @@ async def test_script_flushed_by_redis_is_loaded_again(sink: RedisLatestSink, st
     with pytest.raises(TransientSinkError):
         await sink.write([reading(device, 1, level=2.0)])
     await sink.write([reading(device, 1, level=2.0)])  # the retry write_batch would make
-    assert latest(stack, device)["level"] == "2.0"
+    assert redis_latest(stack, device)["level"] == "2.0"

@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     # fewer, bigger batches for the broker and every consumer downstream, for that much latency
     connector_linger_ms: int = Field(20, ge=0, le=1000)
     # validate is on every reading's path to the browser and to every sink: it batches briefly
-    validate_batch_within_s: float = Field(0.05, gt=0)
+    validate_batch_within_s: float = Field(0.1, gt=0)
     max_future_skew_s: float = Field(300.0, ge=0)
     profile_refresh_s: float = Field(5.0, gt=0)
     # Extra stream agents: ["role=module:function", ...] (JSON list in the environment)

@@ -18,11 +18,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
+
 from pipeline.settings import ROOT, Settings
 from schemas import Telemetry, TelemetryMetadata
 
 __all__ = [
     "RESULTS",
+    "BenchRule",
     "Proc",
     "cpu_seconds",
     "make_readings",
@@ -32,6 +35,7 @@ __all__ = [
     "service_pids",
     "services_cpu",
     "tree_pids",
+    "wait_drained",
     "wait_for",
 ]
 
@@ -229,3 +233,43 @@ def services_cpu() -> dict[str, float]:
                 pass
         total[name] = seconds
     return total
+
+
+def wait_drained(settings: Settings, groups: list[str], timeout: float) -> bool:
+    """Whether every group committed the end of every partition it reads, within ``timeout``."""
+    from pipeline.metrics import measure_lag
+
+    def drained() -> bool:
+        for group in groups:
+            lag = measure_lag(settings.kafka_bootstrap, group)
+            if not lag or any(lag.values()):
+                return False
+        return True
+
+    return wait_for(drained, timeout, interval=0.5)
+
+
+class BenchRule:
+    """An alarm rule that raises and clears as the bench's readings cycle: on ``metric`` of the
+    devices of ``application_id``, or of every device if None (then use a bench-only metric)."""
+
+    def __init__(self, settings: Settings, application_id: str | None, *,
+                 metric: str = "temperature") -> None:
+        self._conninfo = settings.pg_conninfo
+        with psycopg.connect(self._conninfo, autocommit=True) as conn:
+            row = conn.execute(
+                "INSERT INTO alarm_rules (name, application_id, metric, operator, threshold, deadband)"
+                " VALUES (%s, %s, %s, '>', 26.5, 1) RETURNING id",
+                (f"bench {application_id or metric}", application_id, metric)).fetchone()
+        assert row is not None
+        self.id = str(row[0])
+
+    def alarms(self) -> int:
+        with psycopg.connect(self._conninfo, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM alarms WHERE rule_id = %s", (self.id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def retire(self) -> None:
+        with psycopg.connect(self._conninfo, autocommit=True) as conn:
+            conn.execute("UPDATE alarm_rules SET enabled = false, deleted_at = now() WHERE id = %s",
+                         (self.id,))

@@ -21,16 +21,15 @@ import time
 import uuid
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import Producer
 
-from bench.common import Proc, make_readings, services_cpu, wait_for
+from bench.common import BenchRule, Proc, make_readings, services_cpu, wait_drained
 from bench.stages import EXTRA_AGENTS
-from pipeline.metrics import measure_lag
+from pipeline.metrics import skip_to_end
 from pipeline.producer import producer_config
 from pipeline.settings import Settings, Topics
 
-__all__ = ["BenchRule", "produce", "run", "skip_to_end", "wait_drained"]
+__all__ = ["produce", "run"]
 
 # (label, worker role); the order is the ladder's
 STAGES = [
@@ -50,30 +49,6 @@ WORKER_ENV = {
 }
 
 
-def skip_to_end(settings: Settings, groups: list[str], topic: str) -> None:
-    """Commit the end of ``topic`` for ``groups`` (bench-only groups with no member)."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
-    ends = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in partitions},
-                              request_timeout=10)
-    offsets = [TopicPartition(topic, tp.partition, future.result().offset)
-               for tp, future in ends.items()]
-    for group in groups:
-        admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, offsets)])[group].result()
-
-
-def wait_drained(settings: Settings, groups: list[str], timeout: float) -> bool:
-    """Whether every group committed the end of every partition it reads, within ``timeout``."""
-    def drained() -> bool:
-        for group in groups:
-            lag = measure_lag(settings.kafka_bootstrap, group)
-            if not lag or any(lag.values()):
-                return False
-        return True
-
-    return wait_for(drained, timeout, interval=0.5)
-
-
 def produce(settings: Settings, prefix: str, devices: int, per_device: int, application_id: str,
             topic: str = Topics.RAW) -> int:
     """Readings into ``topic`` as fast as Kafka takes them; returns how many."""
@@ -89,45 +64,13 @@ def produce(settings: Settings, prefix: str, devices: int, per_device: int, appl
     return count
 
 
-class BenchRule:
-    """An alarm rule that raises and clears as the bench's readings cycle: on ``metric`` of the
-    devices of ``application_id``, or of every device if None (then use a bench-only metric)."""
-
-    def __init__(self, settings: Settings, application_id: str | None, *,
-                 metric: str = "temperature") -> None:
-        import psycopg
-
-        self._conninfo = settings.pg_conninfo
-        with psycopg.connect(self._conninfo, autocommit=True) as conn:
-            row = conn.execute(
-                "INSERT INTO alarm_rules (name, application_id, metric, operator, threshold, deadband)"
-                " VALUES (%s, %s, %s, '>', 26.5, 1) RETURNING id",
-                (f"bench {application_id or metric}", application_id, metric)).fetchone()
-        assert row is not None
-        self.id = str(row[0])
-
-    def alarms(self) -> int:
-        import psycopg
-
-        with psycopg.connect(self._conninfo, autocommit=True) as conn:
-            row = conn.execute("SELECT count(*) FROM alarms WHERE rule_id = %s", (self.id,)).fetchone()
-        return int(row[0]) if row else 0
-
-    def retire(self) -> None:
-        import psycopg
-
-        with psycopg.connect(self._conninfo, autocommit=True) as conn:
-            conn.execute("UPDATE alarm_rules SET enabled = false, deleted_at = now() WHERE id = %s",
-                         (self.id,))
-
-
 def run(settings: Settings, *, quick: bool = False) -> dict[str, Any]:
     devices, per_device = (100, 100) if quick else (100, 300)
     run_id = uuid.uuid4().hex[:6]
     application_id = f"bench-{run_id}"
     roles = [role for _, role in STAGES]
     groups = [f"webscada-{role}" for role in roles]
-    skip_to_end(settings, ["webscada-bench-consume", "webscada-bench-decode"], Topics.VALID)
+    skip_to_end(settings.kafka_bootstrap, ["webscada-bench-consume", "webscada-bench-decode"], Topics.VALID)
     rule = BenchRule(settings, application_id)
     procs = {role: Proc.start(f"ladder-{role}", "worker", "--role", role, settings=settings,
                               env=WORKER_ENV) for role in roles}

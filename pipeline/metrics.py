@@ -7,7 +7,7 @@ from typing import Any
 
 from prometheus_client import Gauge, start_http_server
 
-__all__ = ["CONSUMER_LAG", "measure_lag", "serve_metrics"]
+__all__ = ["CONSUMER_LAG", "measure_lag", "serve_metrics", "skip_to_end"]
 
 log = logging.getLogger(__name__)
 
@@ -53,3 +53,19 @@ def measure_lag(bootstrap: str, group: str, timeout: float = 5.0) -> dict[tuple[
         lag[(tp.topic, tp.partition)] = max(0, end - done)
         CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(lag[(tp.topic, tp.partition)])
     return lag
+
+
+def skip_to_end(bootstrap: str, groups: list[str], topic: str, timeout: float = 10.0) -> None:
+    """Commit the current end of ``topic`` for each of ``groups``: they start with the next
+    record instead of the backlog (for a new agent that should not read history). The groups
+    must have no member at the time (blocking; run in a thread from async code)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    partitions = admin.list_topics(topic, timeout=timeout).topics[topic].partitions
+    ends = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in partitions},
+                              request_timeout=timeout)
+    offsets = [TopicPartition(topic, tp.partition, future.result().offset) for tp, future in ends.items()]
+    for group in groups:
+        admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, offsets)])[group].result()

@@ -23,7 +23,6 @@ __all__ = [
     "produce_raw",
     "produce_telemetry",
     "redis_latest",
-    "skip_group_to_end",
 ]
 
 
@@ -120,20 +119,6 @@ def dead_letters_for(settings: Settings, match: bytes, *, timeout: float = 20.0)
     finally:
         consumer.close()
     return found
-
-
-def skip_group_to_end(settings: Settings, group: str, topic: str) -> None:
-    """Commit the end of ``topic`` for consumer group ``group`` (which must have no member), so
-    a test's agent starts with the test's records instead of an earlier run's backlog."""
-    from confluent_kafka import ConsumerGroupTopicPartitions
-    from confluent_kafka.admin import AdminClient, OffsetSpec
-
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
-    ends = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in partitions},
-                              request_timeout=10)
-    offsets = [TopicPartition(topic, tp.partition, future.result().offset) for tp, future in ends.items()]
-    admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, offsets)])[group].result()
 
 
 def alarm_events_keyed(settings: Settings, keep: Callable[[bytes], bool], *,

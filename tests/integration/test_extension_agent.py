@@ -12,10 +12,11 @@ import pytest
 from confluent_kafka import Consumer
 
 from pipeline.agents.rolling import DERIVED_TOPIC
+from pipeline.metrics import skip_to_end
 from pipeline.settings import Settings, Topics
 from schemas import Telemetry, utcnow
 from tests.conftest import WorkerProcess, unique_id
-from tests.integration.helpers import produce_telemetry, skip_group_to_end
+from tests.integration.helpers import produce_telemetry
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ def test_rolling_mean_agent_from_settings(
     worker: WorkerProcess, start_process: Callable[..., subprocess.Popen[bytes]],
     stack: Settings,
 ) -> None:
-    skip_group_to_end(stack, "webscada-rolling-mean", Topics.VALID)  # not an earlier run's backlog
+    skip_to_end(stack.kafka_bootstrap, ["webscada-rolling-mean"], Topics.VALID)  # no old backlog
     proc = start_process("worker", "--role", "rolling-mean", log_name="test-rolling-mean.log",
                          env={"WEBSCADA_EXTRA_AGENTS": json.dumps([AGENT])})
     device = unique_id("roll")

@@ -102,6 +102,10 @@ class SchemaRegistry:
         """The 8-byte fingerprint of the current version of ``name``."""
         return self._resolve_name(name).fingerprint
 
+    def parsed_schema(self, name: str) -> Any:
+        """The fastavro-parsed current version of ``name`` (for codecs with a fast path)."""
+        return self._resolve_name(name).parsed
+
     def names(self) -> list[str]:
         return sorted(self._current)
 

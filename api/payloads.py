@@ -13,10 +13,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.codec import Decoded
+from schemas.batch import decode_batch, is_batch
+from schemas.codec import Decoded, registry
 from schemas.records import Telemetry, iso_utc
 
-__all__ = ["dumps", "jsonable", "kafka_key", "kafka_timestamp", "record_json", "topic_frame"]
+__all__ = ["dumps", "jsonable", "kafka_key", "kafka_timestamp", "record_json", "record_views",
+           "topic_frame"]
 
 
 def jsonable(value: Any) -> Any:
@@ -47,6 +49,20 @@ def record_json(decoded: Decoded) -> dict[str, Any]:
     return converted
 
 
+def record_views(value: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """The JSON views of one Kafka value, each with its schema name.
+
+    A ``TelemetryBatch`` gives one ``Telemetry`` view per reading (the same shape
+    as a single record), so clients never need to know that readings travel in
+    batches. Raises :class:`~schemas.errors.CodecError` or ``InvalidRecordError``.
+    """
+    if is_batch(value):
+        batch = decode_batch(value)
+        return [(Telemetry.SCHEMA, batch.json(i)) for i in range(len(batch))]
+    decoded = registry().decode(value)
+    return [(decoded.name, record_json(decoded))]
+
+
 def kafka_key(key: bytes | None) -> str | None:
     """A record key as text; keys are device ids, so base64 only for non-UTF-8 bytes."""
     if key is None:
@@ -70,18 +86,27 @@ def topic_frame(
     offset: int,
     key: bytes | None,
     timestamp_ms: int | None,
-    decoded: Decoded,
+    schema: str,
+    value: dict[str, Any],
+    index: int | None = None,
 ) -> dict[str, Any]:
-    """One ``/ws/topics`` frame: where the record sits in Kafka, and its decoded value."""
-    return {
+    """One ``/ws/topics`` frame: where the record sits in Kafka, and its decoded value.
+
+    ``index`` is the reading's place in a batch record (readings of one batch share
+    topic, partition and offset); a record that is not a batch has none.
+    """
+    frame = {
         "topic": topic,
         "partition": partition,
         "offset": offset,
         "key": kafka_key(key),
         "timestamp": kafka_timestamp(timestamp_ms),
-        "schema": decoded.name,
-        "value": record_json(decoded),
+        "schema": schema,
+        "value": value,
     }
+    if index is not None:
+        frame["index"] = index
+    return frame
 
 
 def dumps(payload: Any) -> str:

@@ -17,13 +17,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import KafkaError
 
 from api.metrics import INGESTED, LIVE_EVENTS, TAIL_RECORDS, TAIL_RESTARTS, TAIL_SKIPPED
-from api.payloads import record_json
+from api.payloads import record_views
 from api.rooms import Room, RoomError
 from pipeline.settings import Topics
-from schemas.codec import Decoded, registry
 from schemas.errors import CodecError, InvalidRecordError
 
-__all__ = ["LIVE_TOPICS", "Emitter", "LiveEvent", "RoutingError", "TopicTail", "live_event"]
+__all__ = ["LIVE_TOPICS", "Emitter", "LiveEvent", "RoutingError", "TopicTail", "live_events"]
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +54,25 @@ class Emitter(Protocol):
     async def emit(self, event: str, data: Any = None, *, to: Any = None) -> None: ...
 
 
-def live_event(topic: str, decoded: Decoded) -> LiveEvent:
-    """The event a record of ``topic`` becomes. Raises :class:`RoutingError` or
-    :class:`~schemas.errors.InvalidRecordError` for a record that cannot."""
+def live_events(topic: str, value: bytes) -> list[LiveEvent]:
+    """The events a record of ``topic`` becomes: one per reading of a telemetry batch.
+
+    Raises :class:`RoutingError`, :class:`~schemas.errors.CodecError` or
+    :class:`~schemas.errors.InvalidRecordError` for a record that cannot.
+    """
     try:
         schema, event = _EVENTS[topic]
     except KeyError:
         raise RoutingError(f"topic {topic!r} is not a live topic") from None
-    if decoded.name != schema:
-        raise RoutingError(f"{topic} carries {decoded.name}, expected {schema}")
-    payload = record_json(decoded)
+    events: list[LiveEvent] = []
+    for name, payload in record_views(value):
+        if name != schema:
+            raise RoutingError(f"{topic} carries {name}, expected {schema}")
+        events.append(_live_event(event, topic, payload))
+    return events
+
+
+def _live_event(event: str, topic: str, payload: dict[str, Any]) -> LiveEvent:
     device_id = payload.get("device_id")
     try:
         if event == "system":
@@ -166,19 +174,20 @@ class TopicTail:
         try:
             if message.value is None:
                 raise RoutingError("tombstone (null value)")
-            event = live_event(topic, registry().decode(message.value))
+            events = live_events(topic, message.value)
         except (CodecError, InvalidRecordError, RoutingError) as exc:
             TAIL_SKIPPED.labels(topic).inc()
             log.warning(
                 "live tail: skipping %s[%d]@%d: %s", topic, message.partition, message.offset, exc
             )
             return
-        if event.event == "telemetry":
-            INGESTED.labels(str(event.payload.get("protocol"))).inc()
-        try:
-            await self._emitter.emit(event.event, event.payload, to=list(event.rooms))
-        except Exception:
-            # One failed fan-out must not stop the tail for everyone else.
-            log.exception("live tail: emitting %s failed", event.event)
-            return
-        LIVE_EVENTS.labels(event.event).inc()
+        for event in events:
+            if event.event == "telemetry":
+                INGESTED.labels(str(event.payload.get("protocol"))).inc()
+            try:
+                await self._emitter.emit(event.event, event.payload, to=list(event.rooms))
+            except Exception:
+                # One failed fan-out must not stop the tail for everyone else.
+                log.exception("live tail: emitting %s failed", event.event)
+                continue
+            LIVE_EVENTS.labels(event.event).inc()

@@ -31,9 +31,9 @@ from starlette.websockets import WebSocket, WebSocketState
 from api.access import origin_allowed
 from api.auth import Principal, authenticator_of, websocket_token
 from api.metrics import WS_CLIENTS, WS_DROPPED, WS_FRAMES
-from api.payloads import dumps, topic_frame
+from api.payloads import dumps, record_views, topic_frame
 from pipeline.settings import Settings, Topics
-from schemas.codec import registry
+from schemas.batch import is_batch
 from schemas.errors import CodecError, InvalidRecordError
 
 __all__ = ["DEFAULT_QUEUE_SIZE", "FROM_POSITIONS", "DropOldestQueue", "topic_stream_route"]
@@ -80,31 +80,29 @@ def _reason(text: str) -> str:
     return text.encode()[:_MAX_REASON].decode(errors="ignore")
 
 
-def _frame(message: ConsumerRecord[bytes, bytes], principal: Principal) -> str | None:
+def _frames(message: ConsumerRecord[bytes, bytes], principal: Principal) -> list[str]:
+    """The frames of one record: one per reading of a telemetry batch, else one."""
     if message.value is None:
-        return None
+        return []
     try:
-        decoded = registry().decode(message.value)
-        frame = topic_frame(
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            key=message.key,
-            timestamp_ms=message.timestamp,
-            decoded=decoded,
-        )
+        views = record_views(message.value)
     except (CodecError, InvalidRecordError) as exc:
         log.warning(
             "ws tail: skipping %s[%d]@%d: %s",
             message.topic, message.partition, message.offset, exc,
         )
-        return None
-    value = frame["value"]
-    if not principal.is_admin and not (
-        isinstance(value, dict) and principal.may_see(value.get("application_id"))
-    ):
-        return None
-    return dumps(frame)
+        return []
+    batched = len(views) > 1 or is_batch(message.value)
+    frames: list[str] = []
+    for index, (schema, value) in enumerate(views):
+        if not principal.is_admin and not principal.may_see(value.get("application_id")):
+            continue
+        frames.append(dumps(topic_frame(
+            topic=message.topic, partition=message.partition, offset=message.offset,
+            key=message.key, timestamp_ms=message.timestamp, schema=schema, value=value,
+            index=index if batched else None,
+        )))
+    return frames
 
 
 async def _pump(
@@ -114,9 +112,9 @@ async def _pump(
         batches = await consumer.getmany(timeout_ms=1000, max_records=200)
         for messages in batches.values():
             for message in messages:
-                text = _frame(message, principal)
-                if text is not None and queue.put(text):
-                    WS_DROPPED.labels(topic).inc()
+                for text in _frames(message, principal):
+                    if queue.put(text):
+                        WS_DROPPED.labels(topic).inc()
         await asyncio.sleep(0)  # let the sender run between batches of a replay
 
 

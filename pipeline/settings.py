@@ -70,7 +70,10 @@ class Settings(BaseSettings):
 
     # Pipeline behaviour
     auto_register: bool = True
-    sink_batch_size: int = Field(2000, ge=1)
+    # readings per store write (a sink splits bigger batches)
+    sink_batch_size: int = Field(5000, ge=1)
+    # Kafka records a stream agent takes at once (each record a batch of many readings)
+    stream_batch_records: int = Field(100, ge=1)
     sink_batch_within_s: float = Field(0.2, gt=0)
     # how long a connector's Kafka producer gathers records into one batch: longer means
     # fewer, bigger batches for the broker and every consumer downstream, for that much latency

@@ -45,6 +45,8 @@ __all__ = [
     "check_row",
     "decode_batch",
     "from_micros",
+    "is_batch",
+    "iso_micros",
     "to_micros",
 ]
 
@@ -237,9 +239,23 @@ class ReadingBatch:
 _NO_METADATA = TelemetryMetadata()
 
 
+_SECONDS: dict[int, str] = {}
+
+
+def iso_micros(micros: int) -> str:
+    """``iso_utc`` of a time in µs since 1970, without a datetime per call (seconds are cached)."""
+    seconds, fraction = divmod(micros, 1_000_000)
+    head = _SECONDS.get(seconds)
+    if head is None:
+        if len(_SECONDS) > 100_000:
+            _SECONDS.clear()
+        head = _SECONDS[seconds] = iso_utc(from_micros(seconds * 1_000_000))[:19]
+    return f"{head}.{fraction:06d}Z"
+
+
 def _iso(micros: int) -> str:
     try:
-        return iso_utc(from_micros(micros))
+        return iso_micros(micros)
     except OverflowError:
         return str(micros)
 
@@ -271,6 +287,11 @@ def _batch_schema() -> _Schemas:
     if _cached is None:
         _cached = _Schemas()
     return _cached
+
+
+def is_batch(value: bytes) -> bool:
+    """Whether ``value`` is a ``TelemetryBatch`` of the current version (else decode to find out)."""
+    return value[2:_HEADER_LEN] == _batch_schema().fingerprint and value[:2] == MAGIC
 
 
 def decode_batch(value: bytes) -> ReadingBatch:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
-from schemas import Telemetry
-
-__all__ = ["MetricLimits", "ProfileCache", "RecentIds", "limits_from_json", "split_by_limits"]
+__all__ = ["MetricLimits", "ProfileCache", "RecentIds", "limits_from_json", "split_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +49,18 @@ def limits_from_json(metrics: Mapping[str, Any]) -> dict[str, MetricLimits]:
     return limits
 
 
-def split_by_limits(record: Telemetry, limits: Mapping[str, MetricLimits]
-                    ) -> tuple[Telemetry | None, dict[str, str]]:
-    """The reading without its out-of-range metrics (None if none is left), and why each went."""
+def split_metrics(metrics: Mapping[str, float], limits: Mapping[str, MetricLimits]
+                  ) -> tuple[dict[str, float], dict[str, str]]:
+    """``metrics`` without the out-of-range ones (maybe empty), and why each went."""
     rejected: dict[str, str] = {}
-    for name, value in record.metrics.items():
+    for name, value in metrics.items():
         bound = limits.get(name)
         why = bound.violation(value) if bound else None
         if why:
             rejected[name] = why
     if not rejected:
-        return record, {}
-    kept = {name: value for name, value in record.metrics.items() if name not in rejected}
-    if not kept:
-        return None, rejected
-    return replace(record, metrics=kept), rejected
+        return dict(metrics), {}
+    return {name: value for name, value in metrics.items() if name not in rejected}, rejected
 
 
 class ProfileCache:
@@ -97,20 +92,22 @@ class ProfileCache:
 
 
 class RecentIds:
-    """The last ``size`` message ids passed on: a repeat within that window is a duplicate.
+    """The last ``size`` reading identities passed on: a repeat within that window is a duplicate.
 
-    Only ids that went on to ``telemetry.valid`` are remembered, so a reading
-    replayed from the DLQ after a fix is not mistaken for a duplicate.
+    A reading's identity is ``(device_id, message_id)``: devices may count their
+    message ids from 1, so ids are never compared across devices. Only readings
+    that went on to ``telemetry.valid`` are remembered, so a reading replayed
+    from the DLQ after a fix is not mistaken for a duplicate.
     """
 
     def __init__(self, size: int = 200_000) -> None:
         self._size = size
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: OrderedDict[Hashable, None] = OrderedDict()
 
     def __contains__(self, message_id: object) -> bool:
         return message_id in self._ids
 
-    def remember(self, message_id: str) -> None:
+    def remember(self, message_id: Hashable) -> None:
         self._ids[message_id] = None
         self._ids.move_to_end(message_id)
         if len(self._ids) > self._size:

@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import cast
 
 import faust
-from faust.streams import Stream
-from faust.types import EventT, StreamT
+from faust.types import StreamT
 
-from pipeline.agents._dead_letter import dead_letter_for
+from pipeline.agents.readings import telemetry_readings
 from pipeline.producer import AsyncProducer, Outgoing
 from pipeline.settings import Settings, Topics
-from schemas import CodecError, InvalidRecordError, Telemetry
+from schemas import Telemetry
 
 __all__ = ["DERIVED_TOPIC", "RollingWindow", "register_rolling_mean"]
 
@@ -99,19 +96,8 @@ def register_rolling_mean(app: faust.App, settings: Settings) -> None:
     @app.agent(source, name="rolling-mean")
     async def rolling_mean(stream: StreamT[bytes]) -> None:
         await asyncio.to_thread(_ensure_topic, settings)
-        batches = cast(Stream[bytes], stream).take_events(500, within=0.2)
-        async for events in batches:
-            await producer.send_all(_outgoing(events, windows))
-
-
-def _outgoing(events: Sequence[EventT], windows: dict[tuple[str, str], RollingWindow]) -> list[Outgoing]:
-    out: list[Outgoing] = []
-    for event in events:
-        try:
-            record = Telemetry.decode(event.message.value or b"")
-        except (CodecError, InvalidRecordError) as exc:
-            out.append(dead_letter_for(event.message, reason=str(exc), stage="agent.rolling-mean"))
-            continue
-        derived = derive(record, windows)
-        out.append(Outgoing(DERIVED_TOPIC, record.device_id.encode(), derived.encode()))
-    return out
+        async for readings in telemetry_readings(stream, producer, stage="agent.rolling-mean"):
+            await producer.send_all([
+                Outgoing(DERIVED_TOPIC, r.device_id.encode(), derive(r, windows).encode())
+                for r in readings
+            ])

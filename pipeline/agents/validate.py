@@ -1,21 +1,29 @@
 """The validate agent: ``telemetry.raw`` → ``telemetry.valid`` or ``telemetry.dlq``.
 
-Checks, in order: the value decodes (known writer schema, valid fields: the
-Telemetry record checks device id, metric names and finiteness itself); its
-key is its device id; its time is not in the future beyond the allowed skew;
-its device is known when auto-registration is off (MQTT, GSM and LoRaWAN
-devices; HTTP and WebSocket devices are registered by definition); its
-message id was not passed on recently (a duplicate is dropped, counted); its
-metrics are within the device profile's ranges (out-of-range metrics go to
-the DLQ, the rest of the reading passes).
+The only stage that checks readings; everything downstream of
+``telemetry.valid`` trusts them. Per reading, in order: the record decodes
+(known writer schema; a batch or an older single record); the reading keeps
+the Telemetry rules (device id, protocol, message id, metric names, finite
+numbers, location range: :func:`schemas.batch.check_row`); a single record's
+key is its device id; its time is not before 1970 nor in the future beyond the
+allowed skew; its device is known when auto-registration is off (MQTT, GSM,
+LoRaWAN and Bluetooth devices; HTTP and WebSocket devices are registered by
+definition); its identity ``(device_id, message_id)`` was not passed on
+recently (a duplicate is dropped, counted); its metrics are within the device
+profile's ranges (out-of-range metrics go to the DLQ, the rest passes).
+
+A reading that fails goes to the DLQ alone, as a batch of one with its reason
+and its source record; the rest of its batch passes. A batch whose readings
+all pass unchanged is forwarded as the same bytes to the same partition
+number when both topics have as many partitions (the common case): no encode.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import cast
 
 import faust
@@ -23,84 +31,124 @@ from faust.streams import Stream
 from faust.types import EventT, StreamT
 from prometheus_client import Counter
 
-from pipeline.agents._dead_letter import dead_letter_for
-from pipeline.agents.profiles import ProfileCache, RecentIds, split_by_limits
-from pipeline.producer import AsyncProducer, Outgoing
+from pipeline.agents._dead_letter import dead_letter_for, reading_dead_letter
+from pipeline.agents.profiles import ProfileCache, RecentIds, split_metrics
+from pipeline.producer import AsyncProducer, Outgoing, by_partition, partition_for
 from pipeline.settings import Settings, Topics
-from schemas import CodecError, InvalidRecordError, Telemetry, utcnow
+from schemas import CodecError, InvalidRecordError
+from schemas.batch import ReadingBatch, check_row, decode_batch, is_batch
 
-__all__ = ["Validator", "check_reading", "register_validate"]
+__all__ = ["Validator", "register_validate"]
 
 log = logging.getLogger(__name__)
 
 DUPLICATES = Counter("webscada_validate_duplicates_total", "Readings dropped as duplicate message ids")
 REJECTED = Counter("webscada_validate_rejected_total", "Readings or metrics sent to the DLQ", ["reason"])
+PASSED = Counter("webscada_validate_passed_total", "Readings passed on to telemetry.valid")
 SELF_REGISTERING = frozenset({"mqtt", "gsm", "lorawan", "bluetooth"})
 STAGE = "agent.validate"
 
 
-def check_reading(record: Telemetry, *, key: bytes | None, max_future_skew_s: float) -> str | None:
-    """Why ``record`` must not pass, or None. Field-level checks ran in Telemetry itself."""
-    if key is not None and key != record.device_id.encode():
-        return f"record key {key[:80]!r} does not match device_id {record.device_id!r}"
-    if record.ts > utcnow() + timedelta(seconds=max_future_skew_s):
-        return f"timestamp {record.ts.isoformat()} is more than {max_future_skew_s:.0f} s in the future"
-    return None
-
-
 class Validator:
-    """Routes raw events to ``telemetry.valid`` or the DLQ (pure, apart from its caches)."""
+    """Routes raw events to ``telemetry.valid`` or the DLQ (pure, apart from its caches).
 
-    def __init__(self, settings: Settings, profiles: ProfileCache) -> None:
+    ``raw_partitions``/``valid_partitions``: the partition counts of the two topics.
+    """
+
+    def __init__(self, settings: Settings, profiles: ProfileCache, *, raw_partitions: int = 6,
+                 valid_partitions: int = 6) -> None:
         self._settings = settings
         self._profiles = profiles
         self._recent = RecentIds()
+        self._max_skew_us = int(settings.max_future_skew_s * 1_000_000)
+        self._same_layout = raw_partitions == valid_partitions
+        self._valid_partitions = valid_partitions
 
     def route(self, events: Sequence[EventT]) -> list[Outgoing]:
         out: list[Outgoing] = []
+        passed = ReadingBatch()
+        now_us = time.time_ns() // 1000
         for event in events:
-            out += self._route_one(event)
+            self._route_one(event, now_us, passed, out)
+        if len(passed):
+            for partition, rows in by_partition(passed.device_id, self._valid_partitions).items():
+                out.append(Outgoing(Topics.VALID, None, passed.take(rows).encode(), partition))
+        PASSED.inc(len(passed))
         return out
 
-    def _route_one(self, event: EventT) -> list[Outgoing]:
+    def _route_one(self, event: EventT, now_us: int, passed: ReadingBatch,
+                   out: list[Outgoing]) -> None:
         message = event.message
         value = message.value or b""
-        record: Telemetry | None = None
         try:
-            record = Telemetry.decode(value)
-            reason = check_reading(record, key=message.key,
-                                   max_future_skew_s=self._settings.max_future_skew_s)
+            batch = decode_batch(value)
         except (CodecError, InvalidRecordError) as exc:
-            reason = str(exc)
-        if reason is None and record is not None:
-            reason = self._unknown_device(record)
-        if reason is not None or record is None:
             REJECTED.labels("invalid").inc()
-            return [dead_letter_for(message, reason=reason or "invalid", stage=STAGE,
-                                    device_id=record.device_id if record else None)]
-        if record.message_id in self._recent:
-            DUPLICATES.inc()
-            return []
-        kept, out_of_range = split_by_limits(record, self._profiles.limits.get(record.device_id, {}))
-        out: list[Outgoing] = []
-        if out_of_range:
-            REJECTED.labels("out_of_range").inc(len(out_of_range))
-            what = "; ".join(f"{name} {why}" for name, why in sorted(out_of_range.items()))
-            prefix = "no metric within its profile range" if kept is None else "out of profile range"
-            out.append(dead_letter_for(message, reason=f"{prefix}: {what}", stage=STAGE,
-                                       device_id=record.device_id))
-        if kept is not None:
-            self._recent.remember(record.message_id)
-            body = value if kept is record else kept.encode()
-            out.append(Outgoing(Topics.VALID, record.device_id.encode(), body))
-        return out
+            out.append(dead_letter_for(message, reason=str(exc), stage=STAGE))
+            return
+        single = not is_batch(value)
+        keep: list[int] = []
+        changed = False
+        for i in range(len(batch)):
+            reason = self._reason(batch, i, now_us, message.key if single else None)
+            if reason is not None:
+                REJECTED.labels("invalid").inc()
+                out.append(self._letter(message, batch, i, reason, single))
+                changed = True
+                continue
+            key = (batch.device_id[i], batch.message_id[i])
+            if key in self._recent:
+                DUPLICATES.inc()
+                changed = True
+                continue
+            limits = self._profiles.limits.get(batch.device_id[i])
+            if limits:
+                kept, out_of_range = split_metrics(batch.metrics[i], limits)
+                if out_of_range:
+                    REJECTED.labels("out_of_range").inc(len(out_of_range))
+                    what = "; ".join(f"{name} {why}" for name, why in sorted(out_of_range.items()))
+                    prefix = "no metric within its profile range" if not kept else "out of profile range"
+                    out.append(self._letter(message, batch, i, f"{prefix}: {what}", single))
+                    changed = True
+                    if not kept:
+                        continue
+                    batch.metrics[i] = kept
+            self._recent.remember(key)
+            keep.append(i)
+        if not keep:
+            return
+        if not changed and self._same_layout and all(
+                partition_for(device_id, self._valid_partitions) == message.partition
+                for device_id in batch.device_id):
+            out.append(Outgoing(Topics.VALID, None, value, message.partition))
+            PASSED.inc(len(keep))
+            return
+        passed.extend(batch, keep)
 
-    def _unknown_device(self, record: Telemetry) -> str | None:
-        if self._settings.auto_register or record.protocol not in SELF_REGISTERING:
-            return None
-        if self._profiles.loaded and record.device_id not in self._profiles.known_devices:
+    def _reason(self, batch: ReadingBatch, i: int, now_us: int, key: bytes | None) -> str | None:
+        reason = check_row(batch, i)
+        if reason is not None:
+            return reason
+        device_id = batch.device_id[i]
+        if key is not None and key != device_id.encode():
+            return f"record key {key[:80]!r} does not match device_id {device_id!r}"
+        ts = batch.ts[i]
+        if ts < 0:
+            return f"timestamp {ts} µs is before 1970"
+        if ts > now_us + self._max_skew_us:
+            return (f"timestamp {batch.json(i)['ts']} is more than "
+                    f"{self._settings.max_future_skew_s:.0f} s in the future")
+        if (not self._settings.auto_register and batch.protocol[i] in SELF_REGISTERING
+                and self._profiles.loaded and device_id not in self._profiles.known_devices):
             return "unknown device"
         return None
+
+    @staticmethod
+    def _letter(message: object, batch: ReadingBatch, i: int, reason: str, single: bool) -> Outgoing:
+        if single:  # an older single record: keep its own bytes, as it came
+            return dead_letter_for(message, reason=reason, stage=STAGE,  # type: ignore[arg-type]
+                                   device_id=batch.device_id[i])
+        return reading_dead_letter(message, batch, i, reason=reason, stage=STAGE)  # type: ignore[arg-type]
 
 
 def register_validate(app: faust.App, settings: Settings) -> None:
@@ -108,7 +156,6 @@ def register_validate(app: faust.App, settings: Settings) -> None:
 
     producer = AsyncProducer(settings.kafka_bootstrap, client_id="webscada-validate")
     profiles = ProfileCache(settings.pg_conninfo)
-    validator = Validator(settings, profiles)
     source = raw_topic(app, Topics.RAW, settings)
 
     @app.agent(source, name="validate")
@@ -118,8 +165,11 @@ def register_validate(app: faust.App, settings: Settings) -> None:
             if profiles.loaded:
                 break
             await asyncio.sleep(1)
+        validator = Validator(settings, profiles,
+                              raw_partitions=await producer.partitions(Topics.RAW),
+                              valid_partitions=await producer.partitions(Topics.VALID))
         batches = cast(Stream[bytes], stream).take_events(
-            settings.sink_batch_size, within=settings.validate_batch_within_s
+            settings.stream_batch_records, within=settings.validate_batch_within_s
         )
         async for events in batches:
             await producer.send_all(validator.route(events))

@@ -24,7 +24,8 @@ from pipeline.notify import Notifier, NotifierConfig
 from pipeline.pgpool import make_pool
 from pipeline.producer import AsyncProducer, Outgoing
 from pipeline.settings import Settings, Topics
-from schemas import CodecError, InvalidRecordError, Telemetry
+from schemas import CodecError, InvalidRecordError
+from schemas.batch import ReadingBatch, decode_batch
 
 __all__ = ["TICK_S", "notifier_config", "register_alarms"]
 
@@ -75,16 +76,16 @@ def register_alarms(app: faust.App, settings: Settings) -> None:
     async def alarms(stream: StreamT[bytes]) -> None:
         await ready()
         batches = cast(Stream[bytes], stream).take_events(
-            settings.sink_batch_size, within=settings.sink_batch_within_s)
+            settings.stream_batch_records, within=settings.sink_batch_within_s)
         async for events in batches:
-            readings: list[Telemetry] = []
+            readings = ReadingBatch()
             letters: list[Outgoing] = []
             for event in events:
                 try:
-                    readings.append(Telemetry.decode(event.message.value or b""))
+                    readings.extend(decode_batch(event.message.value or b""))
                 except (CodecError, InvalidRecordError) as exc:
                     letters.append(dead_letter_for(event.message, reason=str(exc), stage="agent.alarms"))
-            if readings:
+            if len(readings):
                 await service.process(readings)
             if letters:
                 await producer.send_all(letters)

@@ -28,6 +28,7 @@ from pipeline.notify import Notification, Notifier
 from pipeline.producer import Outgoing
 from pipeline.settings import Topics
 from schemas import Telemetry
+from schemas.batch import ReadingBatch, from_micros
 
 __all__ = ["AlarmService", "notification_for"]
 
@@ -44,7 +45,11 @@ _MAX_BACKOFF_S = 10.0
 class _Device:
     application_id: str | None
     heard: float  # wall clock (epoch s) the newest reading was received
-    last_ts: datetime | None = None  # its device time
+    last_ts_us: int | None = None  # its device time, µs since 1970
+
+    @property
+    def last_ts(self) -> datetime | None:
+        return None if self.last_ts_us is None else from_micros(self.last_ts_us)
 
 
 def notification_for(rule: AlarmRule, event: AlarmEvent) -> Notification:
@@ -124,18 +129,24 @@ class AlarmService:
         return self._trackers.get((rule_id, device_id))
 
     # --- readings -------------------------------------------------------------------
-    async def process(self, readings: Sequence[Telemetry]) -> list[AlarmEvent]:
+    async def process(self, readings: ReadingBatch | Sequence[Telemetry]) -> list[AlarmEvent]:
         """Judge ``readings`` (in order); returns the events published for them."""
+        batch = readings if isinstance(readings, ReadingBatch) else ReadingBatch.of(readings)
         await self.start()
         async with self._lock:
             transitions: list[Transition] = []
-            for reading in readings:
-                self._heard(reading)
-                for rule in self._rules_for(reading.device_id, reading.application_id):
-                    value = None if rule.is_stale else reading.metrics.get(rule.metric or "")
+            for i, device_id in enumerate(batch.device_id):
+                application_id = batch.application_id[i]
+                self._heard(device_id, application_id, batch.received_at[i], batch.ts[i])
+                ts: datetime | None = None  # only made when a rule needs it
+                metrics = batch.metrics[i]
+                for rule in self._rules_for(device_id, application_id):
+                    value = None if rule.is_stale else metrics.get(rule.metric or "")
                     if value is None and not rule.is_stale:
                         continue
-                    transition = self._judge(rule, reading.device_id, value, reading.ts)
+                    if ts is None:
+                        ts = from_micros(batch.ts[i])
+                    transition = self._judge(rule, device_id, value, ts)
                     if transition is not None:
                         transitions.append(transition)
             return await self._apply(transitions) if transitions else []
@@ -156,17 +167,18 @@ class AlarmService:
             return Transition("clear", rule, device_id, value, ts, "returned to normal")
         return None
 
-    def _heard(self, reading: Telemetry) -> None:
-        heard = reading.received_at.timestamp()
-        seen = self._devices.get(reading.device_id)
+    def _heard(self, device_id: str, application_id: str | None, received_at_us: int,
+               ts_us: int) -> None:
+        heard = received_at_us / 1e6
+        seen = self._devices.get(device_id)
         if seen is None:
-            self._devices[reading.device_id] = _Device(reading.application_id, heard, reading.ts)
+            self._devices[device_id] = _Device(application_id, heard, ts_us)
             return
         seen.heard = max(seen.heard, heard)
-        if seen.last_ts is None or reading.ts > seen.last_ts:
-            seen.last_ts = reading.ts
-        if reading.application_id:
-            seen.application_id = reading.application_id
+        if seen.last_ts_us is None or ts_us > seen.last_ts_us:
+            seen.last_ts_us = ts_us
+        if application_id:
+            seen.application_id = application_id
 
     # --- the wall-clock timer ---------------------------------------------------------
     async def tick(self) -> list[AlarmEvent]:

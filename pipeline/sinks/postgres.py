@@ -7,15 +7,13 @@ receiving a late reading never moves it back.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pipeline.errors import PermanentSinkError, TransientSinkError
 from pipeline.pgpool import make_pool
 from pipeline.sinks.base import Sink
-from schemas import Telemetry
+from schemas.batch import ReadingBatch, from_micros
 
 __all__ = ["PostgresDeviceSink"]
 
@@ -44,7 +42,6 @@ class PostgresDeviceSink(Sink):
     name = "postgres"
 
     def __init__(self, *, conninfo: str, auto_register: bool = True) -> None:
-        super().__init__()
         self._conninfo = conninfo
         self._auto_register = auto_register
         self._pool: AsyncConnectionPool | None = None
@@ -53,22 +50,23 @@ class PostgresDeviceSink(Sink):
         self._pool = make_pool(self._conninfo, name="webscada-sink-postgres")
         await self._pool.open(wait=False)
 
-    async def write(self, batch: list[Telemetry]) -> None:
+    async def write(self, batch: ReadingBatch) -> None:
         assert self._pool is not None, "setup() first"
-        newest: dict[str, Telemetry] = {}
-        for record in batch:
-            seen = newest.get(record.device_id)
-            if seen is None or record.ts >= seen.ts:
-                newest[record.device_id] = record
+        newest: dict[str, int] = {}  # device id → index of its newest reading
+        ts = batch.ts
+        for i, device_id in enumerate(batch.device_id):
+            seen = newest.get(device_id)
+            if seen is None or ts[i] >= ts[seen]:
+                newest[device_id] = i
         rows = list(newest.values())
-        ids = [r.device_id for r in rows]
-        times: list[datetime] = [r.ts for r in rows]
-        message_ids = [r.message_id for r in rows]
+        ids = list(newest)
+        times = [from_micros(ts[i]) for i in rows]
+        message_ids = [batch.message_id[i] for i in rows]
         try:
             async with self._pool.connection() as conn:
                 if self._auto_register:
-                    await conn.execute(_UPSERT, (ids, [r.protocol for r in rows],
-                                                 [r.application_id for r in rows], times,
+                    await conn.execute(_UPSERT, (ids, [batch.protocol[i] for i in rows],
+                                                 [batch.application_id[i] for i in rows], times,
                                                  message_ids))
                 else:
                     await conn.execute(_TOUCH_KNOWN, (ids, times, message_ids))

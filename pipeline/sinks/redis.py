@@ -16,7 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.errors import PermanentSinkError, TransientSinkError
 from pipeline.sinks.base import Sink
-from schemas import Telemetry, iso_utc
+from schemas.batch import ReadingBatch, iso_micros
 
 __all__ = ["LATEST_KEY", "RedisLatestSink", "latest_fields"]
 
@@ -45,22 +45,26 @@ return wrote
 """
 # readings per script call, so that one call never holds Redis for long
 _PER_CALL = 200
+_META_FIELDS = ("signal_strength", "battery_level", "snr")
 
 
-def latest_fields(record: Telemetry) -> list[str]:
-    """Field/value pairs of the hash besides ``ts``, flattened for HSET."""
-    fields: list[str] = ["protocol", record.protocol]
-    for name, value in record.metrics.items():
+def latest_fields(batch: ReadingBatch, i: int) -> list[str]:
+    """Field/value pairs of the hash besides ``ts`` for reading ``i``, flattened for HSET."""
+    fields: list[str] = ["protocol", batch.protocol[i]]
+    for name, value in batch.metrics[i].items():
         fields += [name, repr(value)]
-    meta = record.metadata
-    for name, number in (("signal_strength", meta.signal_strength),
-                         ("battery_level", meta.battery_level), ("snr", meta.snr)):
-        if number is not None:
-            fields += [name, repr(number)]
-    if record.status is not None:
-        fields += ["status", record.status]
-    if record.application_id is not None:
-        fields += ["application_id", record.application_id]
+    meta = batch.metadata[i]
+    if meta:
+        for name in _META_FIELDS:
+            number = meta.get(name)
+            if number is not None:
+                fields += [name, repr(number)]
+    status = batch.status[i]
+    if status is not None:
+        fields += ["status", status]
+    application_id = batch.application_id[i]
+    if application_id is not None:
+        fields += ["application_id", application_id]
     return fields
 
 
@@ -68,7 +72,6 @@ class RedisLatestSink(Sink):
     name = "redis"
 
     def __init__(self, *, url: str, ttl_s: int) -> None:
-        super().__init__()
         self._url = url
         self._ttl_s = ttl_s
         self._client: aioredis.Redis | None = None
@@ -77,23 +80,24 @@ class RedisLatestSink(Sink):
     async def setup(self) -> None:
         self._client = aioredis.from_url(self._url, socket_timeout=5, socket_connect_timeout=3)
 
-    async def write(self, batch: list[Telemetry]) -> None:
+    async def write(self, batch: ReadingBatch) -> None:
         assert self._client is not None, "setup() first"
-        by_device: dict[str, list[Telemetry]] = {}
-        for record in batch:
-            by_device.setdefault(record.device_id, []).append(record)
+        by_device: dict[str, list[int]] = {}
+        for i, device_id in enumerate(batch.device_id):
+            by_device.setdefault(device_id, []).append(i)
+        ts = batch.ts
         try:
             if self._script is None:  # loaded once; again after Redis lost its scripts
                 self._script = await self._client.script_load(_WRITE_IF_NEWER)
             async with self._client.pipeline(transaction=False) as pipe:
-                for device_id, records in by_device.items():
-                    records.sort(key=lambda r: r.ts)  # oldest first: the newest wins
+                for device_id, rows in by_device.items():
+                    rows.sort(key=ts.__getitem__)  # oldest first: the newest wins
                     key = LATEST_KEY.format(device_id=device_id)
-                    for start in range(0, len(records), _PER_CALL):
+                    for start in range(0, len(rows), _PER_CALL):
                         args: list[str | int] = [self._ttl_s]
-                        for record in records[start:start + _PER_CALL]:
-                            fields = latest_fields(record)
-                            args += [iso_utc(record.ts), len(fields), *fields]
+                        for i in rows[start:start + _PER_CALL]:
+                            fields = latest_fields(batch, i)
+                            args += [iso_micros(ts[i]), len(fields), *fields]
                         pipe.evalsha(self._script, 1, key, *args)
                 await pipe.execute()
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:

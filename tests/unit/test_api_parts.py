@@ -14,11 +14,12 @@ from api.app import create_app
 from api.auth import DevTokenAuthenticator, bearer_token
 from api.devices import latest_json
 from api.health import _mqtt_connect_packet, run_checks
-from api.payloads import jsonable, kafka_key, kafka_timestamp, topic_frame
+from api.payloads import jsonable, kafka_key, kafka_timestamp, record_views, topic_frame
 from api.rooms import Room, RoomError, parse_room
-from api.streaming import RoutingError, live_event
+from api.streaming import RoutingError, live_events
 from api.topics import DropOldestQueue
 from pipeline.settings import Settings, Topics
+from schemas.batch import ReadingBatch
 from schemas.codec import registry
 from schemas.records import DeadLetter, SystemEvent, Telemetry, TelemetryMetadata
 
@@ -102,9 +103,10 @@ def test_topic_frame_of_a_dead_letter_has_base64_payload() -> None:
         reason="bad json", stage="connector.mqtt", payload=b"{oops", source_topic="mqtt:x",
         failed_at=AT,
     )
+    [(schema, value)] = record_views(letter.encode())
     frame = topic_frame(
         topic=Topics.DLQ, partition=3, offset=42, key=None, timestamp_ms=1_700_000_000_123,
-        decoded=registry().decode(letter.encode()),
+        schema=schema, value=value,
     )
     assert frame == {
         "topic": "telemetry.dlq",
@@ -129,13 +131,22 @@ def test_topic_frame_of_a_dead_letter_has_base64_payload() -> None:
 
 def test_telemetry_frames_use_the_telemetry_json_view() -> None:
     record = _telemetry()
+    [(schema, value)] = record_views(record.encode())
     frame = topic_frame(
         topic=Topics.VALID, partition=0, offset=0, key=b"dev-1", timestamp_ms=None,
-        decoded=registry().decode(record.encode()),
+        schema=schema, value=value,
     )
     assert frame["key"] == "dev-1"
     assert frame["timestamp"] is None
     assert frame["value"] == record.to_json()
+    assert "index" not in frame
+
+
+def test_a_batch_gives_one_telemetry_view_per_reading_as_single_records_do() -> None:
+    first, second = _telemetry(), _telemetry(None)
+    views = record_views(ReadingBatch.of([first, second]).encode())
+    assert views == [("io.webscada.Telemetry", first.to_json()),
+                     ("io.webscada.Telemetry", second.to_json())]
 
 
 def test_kafka_key_and_timestamp() -> None:
@@ -147,12 +158,15 @@ def test_kafka_key_and_timestamp() -> None:
 
 
 def test_telemetry_goes_to_device_and_application_rooms() -> None:
-    event = live_event(Topics.VALID, registry().decode(_telemetry().encode()))
+    [event] = live_events(Topics.VALID, _telemetry().encode())
     assert event.event == "telemetry"
     assert event.rooms == ("device:dev-1", "application:plant-1")
     assert event.payload == _telemetry().to_json()
-    alone = live_event(Topics.VALID, registry().decode(_telemetry(None).encode()))
+    [alone] = live_events(Topics.VALID, _telemetry(None).encode())
     assert alone.rooms == ("device:dev-1",)
+    batched = live_events(Topics.VALID, ReadingBatch.of([_telemetry(), _telemetry(None)]).encode())
+    assert [(e.rooms, e.payload) for e in batched] == [
+        (event.rooms, event.payload), (alone.rooms, alone.payload)]
 
 
 def test_alarm_command_status_and_system_rooms() -> None:
@@ -161,7 +175,7 @@ def test_alarm_command_status_and_system_rooms() -> None:
         "state": "active_unacked", "severity": "major", "metric": "temperature",
         "value": 80.0, "at": AT, "by": None, "message": "",
     })
-    event = live_event(Topics.ALARMS, registry().decode(alarm))
+    [event] = live_events(Topics.ALARMS, alarm)
     assert (event.event, event.rooms) == ("alarm", ("alarms", "device:dev-1"))
     assert event.payload["at"] == "2026-05-06T07:08:09.123456Z"
 
@@ -169,20 +183,20 @@ def test_alarm_command_status_and_system_rooms() -> None:
         "command_id": str(uuid.uuid4()), "device_id": "dev-1", "status": "sent", "at": AT,
         "detail": "",
     })
-    event = live_event(Topics.COMMAND_STATUS, registry().decode(status))
+    [event] = live_events(Topics.COMMAND_STATUS, status)
     assert (event.event, event.rooms) == ("command_status", ("device:dev-1",))
 
     system = SystemEvent(kind="connector_up", source="connector.mqtt", at=AT).encode()
-    event = live_event(Topics.SYSTEM, registry().decode(system))
+    [event] = live_events(Topics.SYSTEM, system)
     assert (event.event, event.rooms) == ("system", ("system",))
 
 
 def test_a_record_of_the_wrong_schema_is_not_routed() -> None:
     system = SystemEvent(kind="x", source="y", at=AT).encode()
     with pytest.raises(RoutingError, match=r"expected io\.webscada\.Telemetry"):
-        live_event(Topics.VALID, registry().decode(system))
+        live_events(Topics.VALID, system)
     with pytest.raises(RoutingError, match="not a live topic"):
-        live_event(Topics.RAW, registry().decode(_telemetry().encode()))
+        live_events(Topics.RAW, _telemetry().encode())
 
 
 # ---- bounded queue -----------------------------------------------------------

@@ -6,10 +6,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pipeline.agents.profiles import MetricLimits, ProfileCache, RecentIds, limits_from_json, split_by_limits
+from pipeline.agents.profiles import MetricLimits, ProfileCache, RecentIds, limits_from_json, split_metrics
 from pipeline.agents.validate import Validator
 from pipeline.settings import Settings, Topics
+from pipeline.producer import partition_for
 from schemas import DeadLetter, Telemetry, utcnow
+from schemas.batch import ReadingBatch, decode_batch
 
 
 @dataclass
@@ -44,13 +46,18 @@ def _validator(*, auto_register: bool = True, limits: dict[str, Any] | None = No
 def _route(validator: Validator, *records: Telemetry | bytes) -> list[tuple[str, Any]]:
     events = [_Event(_Message(r.device_id.encode() if isinstance(r, Telemetry) else None,
                               r.encode() if isinstance(r, Telemetry) else r)) for r in records]
-    out = []
+    out: list[tuple[str, Any]] = []
     for item in validator.route(events):  # type: ignore[arg-type]
         if item.topic == Topics.DLQ:
             out.append((item.topic, DeadLetter.decode(item.value)))
         else:
-            out.append((item.topic, Telemetry.decode(item.value)))
+            batch = decode_batch(item.value)
+            out += [(item.topic, batch.telemetry(i)) for i in range(len(batch))]
     return out
+
+
+def _batch_event(*records: Telemetry, partition: int) -> _Event:
+    return _Event(_Message(None, ReadingBatch.of(records).encode(), partition=partition))
 
 
 def test_valid_reading_passes_unchanged() -> None:
@@ -113,8 +120,7 @@ def test_limits_parsing_ignores_malformed_entries() -> None:
     assert limits_from_json({"t": {"unit": "K", "min": 1, "max": "high"}, "bad": 3}) == {
         "t": MetricLimits(unit="K", min=1.0, max=None)
     }
-    record = _reading(t=5.0)
-    assert split_by_limits(record, {}) == (record, {})
+    assert split_metrics({"t": 5.0}, {}) == ({"t": 5.0}, {})
 
 
 def test_recent_ids_forget_the_oldest() -> None:
@@ -122,3 +128,58 @@ def test_recent_ids_forget_the_oldest() -> None:
     for mid in ("a", "b", "c"):
         recent.remember(mid)
     assert "a" not in recent and "b" in recent and "c" in recent
+
+
+def test_the_same_message_id_from_two_devices_is_two_readings() -> None:
+    validator = _validator()
+    one, other = _reading("d1", message_id="1"), _reading("d2", message_id="1")
+    assert _route(validator, one, other) == [(Topics.VALID, one), (Topics.VALID, other)]
+    assert _route(validator, _reading("d2", message_id="1")) == []  # the repeat of d2's "1"
+
+
+def test_a_poison_reading_in_a_batch_goes_to_the_dlq_alone() -> None:
+    good = [_reading("d1", message_id=f"g{i}", level=float(i)) for i in range(3)]
+    now = utcnow()
+    bad = Telemetry(device_id="d1", protocol="mqtt", ts=now + timedelta(days=2), received_at=now,
+                    message_id="late", metrics={"level": 9.0})
+    event = _batch_event(good[0], bad, good[1], good[2], partition=partition_for("d1", 6))
+    out = _validator().route([event])  # type: ignore[list-item]
+    letters = [DeadLetter.decode(o.value) for o in out if o.topic == Topics.DLQ]
+    assert len(letters) == 1
+    assert "in the future" in letters[0].reason
+    assert letters[0].details["message_id"] == "late"
+    assert letters[0].details["batch_index"] == "1"
+    assert (letters[0].source_partition, letters[0].source_offset) == (partition_for("d1", 6), 40)
+    assert decode_batch(letters[0].payload).telemetry(0) == bad  # the reading alone, replayable
+    passed = [o for o in out if o.topic == Topics.VALID]
+    assert [o.partition for o in passed] == [partition_for("d1", 6)]
+    batch = decode_batch(passed[0].value)
+    assert [batch.telemetry(i) for i in range(len(batch))] == good  # in order
+
+
+def test_a_clean_batch_is_forwarded_as_it_came_to_the_same_partition() -> None:
+    records = [_reading("d1", message_id=f"c{i}") for i in range(5)]
+    event = _batch_event(*records, partition=partition_for("d1", 6))
+    [out] = _validator().route([event])  # type: ignore[list-item]
+    assert (out.topic, out.partition, out.value) == (Topics.VALID, event.message.partition,
+                                                     event.message.value)
+
+
+def test_readings_are_regrouped_by_their_own_partition() -> None:
+    devices = [f"dev-{i}" for i in range(20)]
+    records = [_reading(device, message_id="m") for device in devices]
+    out = _validator().route([_batch_event(*records, partition=0)])  # type: ignore[list-item]
+    seen: dict[str, int] = {}
+    for item in out:
+        batch = decode_batch(item.value)
+        for device in batch.device_id:
+            seen[device] = item.partition
+    assert seen == {device: partition_for(device, 6) for device in devices}
+    assert len({partition_for(device, 6) for device in devices}) == len(out) > 1
+
+
+def test_a_reading_before_1970_is_dead_lettered() -> None:
+    early = Telemetry(device_id="d1", protocol="mqtt", ts=datetime(1969, 12, 31, tzinfo=UTC),
+                      received_at=utcnow(), message_id="old", metrics={"x": 1.0})
+    [(topic, letter)] = _route(_validator(), ReadingBatch.of([early]).encode())
+    assert topic == Topics.DLQ and "before 1970" in letter.reason

@@ -22,6 +22,9 @@ def main(settings: Settings, *, role: str = "all") -> int:
 
 
 def _run_role(settings: Settings, role: str) -> int:
+    import asyncio
+
+    import uvloop
     from faust.worker import Worker
 
     from pipeline.app import all_roles, create_app
@@ -31,6 +34,9 @@ def _run_role(settings: Settings, role: str) -> int:
     if settings.metrics_port_base and role in roles:
         serve_metrics(settings.metrics_host, settings.metrics_port_base + roles.index(role))
     (settings.stack_dir / "faust").mkdir(parents=True, exist_ok=True)
+    # uvloop before anything makes a loop: its callbacks and sockets cost about a
+    # quarter less CPU than asyncio's own loop for the same records.
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = create_app(role, settings)
     worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     # Faust's terminal spinner, at log levels WARNING and above, sets the root logger to

@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from pipeline.producer import producer_config
 from pipeline.settings import Settings, Topics
 from schemas import CodecError, DeadLetter, InvalidRecordError, iso_utc
+from schemas.batch import decode_batch
 
 __all__ = ["Filter", "Located", "list_letters", "main_list", "main_replay", "main_show", "read_letters"]
 
@@ -114,6 +115,11 @@ def _as_json(item: Located) -> dict[str, Any]:
         payload: Any = {"text": letter.payload.decode("utf-8")}
     except UnicodeDecodeError:
         payload = {"base64": base64.b64encode(letter.payload).decode()}
+        try:  # a reading an agent rejected: show it as the API would
+            batch = decode_batch(letter.payload)
+            payload["readings"] = [batch.json(i) for i in range(len(batch))]
+        except (CodecError, InvalidRecordError):
+            pass
     return {
         "ref": item.ref, "reason": letter.reason, "stage": letter.stage, "device_id": letter.device_id,
         "source_topic": letter.source_topic, "source_partition": letter.source_partition,

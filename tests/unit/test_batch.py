@@ -48,7 +48,7 @@ def test_an_older_single_record_reads_as_a_batch_of_one() -> None:
 
 
 def test_other_values_are_refused_with_a_reason() -> None:
-    with pytest.raises(UnknownSchemaError, match="SystemEvent, expected io.webscada.TelemetryBatch"):
+    with pytest.raises(UnknownSchemaError, match=r"SystemEvent, expected io\.webscada\.TelemetryBatch"):
         decode_batch(SystemEvent(kind="x", source="y").encode())
     data = ReadingBatch.of([_reading()]).encode()
     with pytest.raises(MalformedRecordError, match="does not decode"):

@@ -8,8 +8,8 @@ from typing import Any
 
 from pipeline.agents.profiles import MetricLimits, ProfileCache, RecentIds, limits_from_json, split_metrics
 from pipeline.agents.validate import Validator
-from pipeline.settings import Settings, Topics
 from pipeline.producer import partition_for
+from pipeline.settings import Settings, Topics
 from schemas import DeadLetter, Telemetry, utcnow
 from schemas.batch import ReadingBatch, decode_batch
 

@@ -39,6 +39,7 @@ from schemas.records import (
 __all__ = [
     "BATCH_SCHEMA",
     "COLUMNS",
+    "META_NUMBERS",
     "Metadata",
     "Reading",
     "ReadingBatch",
@@ -53,12 +54,12 @@ __all__ = [
 BATCH_SCHEMA = "io.webscada.TelemetryBatch"
 TELEMETRY_SCHEMA = "io.webscada.Telemetry"
 COLUMNS = ("device_id", "protocol", "ts", "received_at", "message_id", "application_id",
-           "metrics", "status", "metadata")
+           "metrics", "status", "meta", "gateway_id", "extra")
 _HEADER_LEN = len(MAGIC) + 8
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _MAX_ID_CHARS = 128
-_META_NUMBERS = ("signal_strength", "battery_level", "snr")
+_META_ALLOWED = ("signal_strength", "battery_level", "snr", "lat", "lon")
 
 
 class Metadata(TypedDict, total=False):
@@ -81,7 +82,15 @@ class Reading(TypedDict):
     application_id: str | None
     metrics: dict[str, float]
     status: str | None
-    metadata: Metadata | None
+    meta: dict[str, float]
+    gateway_id: str | None
+    extra: dict[str, str]
+
+
+# numeric metadata names in the ``meta`` column; lat/lon are the location
+META_NUMBERS = ("signal_strength", "battery_level", "snr")
+_EMPTY_META: dict[str, float] = {}
+_EMPTY_EXTRA: dict[str, str] = {}
 
 
 def to_micros(moment: datetime) -> int:
@@ -106,7 +115,9 @@ class ReadingBatch:
     application_id: list[str | None]
     metrics: list[dict[str, float]]
     status: list[str | None]
-    metadata: list[Metadata | None]
+    meta: list[dict[str, float]]
+    gateway_id: list[str | None]
+    extra: list[dict[str, str]]
 
     def __init__(self, columns: Mapping[str, list[Any]] | None = None) -> None:
         if columns is None:
@@ -125,6 +136,7 @@ class ReadingBatch:
     def append(self, *, device_id: str, protocol: str, ts: int, received_at: int, message_id: str,
                metrics: dict[str, float], application_id: str | None = None,
                status: str | None = None, metadata: Metadata | None = None) -> None:
+        """Add a reading; ``metadata`` as Telemetry's metadata record has it (None: none)."""
         self.device_id.append(device_id)
         self.protocol.append(protocol)
         self.ts.append(ts)
@@ -133,7 +145,35 @@ class ReadingBatch:
         self.application_id.append(application_id)
         self.metrics.append(metrics)
         self.status.append(status)
-        self.metadata.append(metadata)
+        if not metadata:
+            self.meta.append(_EMPTY_META)
+            self.gateway_id.append(None)
+            self.extra.append(_EMPTY_EXTRA)
+            return
+        meta: dict[str, float] = {}
+        for name in META_NUMBERS:
+            number = metadata.get(name)
+            if number is not None:
+                meta[name] = cast(float, number)
+        location = metadata.get("location")
+        if location:
+            meta["lat"], meta["lon"] = location["lat"], location["lon"]
+        self.meta.append(meta)
+        self.gateway_id.append(metadata.get("gateway_id"))
+        self.extra.append(metadata.get("extra") or _EMPTY_EXTRA)
+
+    def metadata(self, i: int) -> Metadata:
+        """Reading ``i``'s metadata as Telemetry's metadata record has it."""
+        meta = self.meta[i]
+        lat, lon = meta.get("lat"), meta.get("lon")
+        return {
+            "signal_strength": meta.get("signal_strength"),
+            "battery_level": meta.get("battery_level"),
+            "snr": meta.get("snr"),
+            "gateway_id": self.gateway_id[i],
+            "location": None if lat is None or lon is None else {"lat": lat, "lon": lon},
+            "extra": dict(self.extra[i]),
+        }
 
     def append_row(self, row: Reading) -> None:
         for name in COLUMNS:
@@ -182,14 +222,13 @@ class ReadingBatch:
 
     def telemetry(self, i: int) -> Telemetry:
         """Reading ``i`` as a checked :class:`Telemetry`; raises InvalidRecordError."""
-        meta = self.metadata[i]
         try:
             return Telemetry(
                 device_id=self.device_id[i], protocol=self.protocol[i],
                 ts=from_micros(self.ts[i]), received_at=from_micros(self.received_at[i]),
                 message_id=self.message_id[i], metrics=self.metrics[i],
                 application_id=self.application_id[i], status=self.status[i],
-                metadata=_metadata_record(meta) if meta else TelemetryMetadata(),
+                metadata=_metadata_record(self.metadata(i)),
             )
         except OverflowError as exc:
             raise InvalidRecordError(f"reading time is out of range: {exc}") from exc
@@ -219,10 +258,10 @@ class ReadingBatch:
 
     def json(self, i: int) -> dict[str, Any]:
         """Reading ``i`` JSON-ready, as the API streams it (same shape as ``Telemetry.to_json``)."""
-        meta = self.metadata[i] or {}
-        metadata = {k: v for k, v in meta.items() if v is not None and k != "extra"}
-        if meta.get("extra"):
-            metadata["extra"] = dict(meta["extra"])
+        metadata: dict[str, Any] = {k: v for k, v in self.metadata(i).items()
+                                    if v is not None and k != "extra"}
+        if self.extra[i]:
+            metadata["extra"] = dict(self.extra[i])
         return {
             "device_id": self.device_id[i],
             "protocol": self.protocol[i],
@@ -359,14 +398,20 @@ def check_row(batch: ReadingBatch, i: int) -> str | None:
                 _GOOD_METRIC_NAMES.add(name)
         if not math.isfinite(number):
             return f"metric {name} is not finite: {number!r}"
-    meta = batch.metadata[i]
+    meta = batch.meta[i]
     if meta:
-        for field in _META_NUMBERS:
-            extra_number = meta.get(field)
-            if isinstance(extra_number, float) and not math.isfinite(extra_number):
-                return f"metadata {field} is not finite: {extra_number!r}"
-        loc = meta.get("location")
-        if loc and not (-90.0 <= loc["lat"] <= 90.0 and -180.0 <= loc["lon"] <= 180.0):
-            return f"location ({loc['lat']}, {loc['lon']}) is out of range"
+        for field, number in meta.items():
+            if field not in _META_ALLOWED:
+                return f"metadata {field!r} is not one of {', '.join(_META_ALLOWED)}"
+            if not math.isfinite(number):
+                return f"metadata {field} is not finite: {number!r}"
+        lat, lon = meta.get("lat"), meta.get("lon")
+        if (lat is None) != (lon is None):
+            return "location needs both lat and lon"
+        if lat is not None and lon is not None and not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+            return f"location ({lat}, {lon}) is out of range"
+    gateway_id = batch.gateway_id[i]
+    if gateway_id is not None and not 0 < len(gateway_id) <= _MAX_ID_CHARS:
+        return "gateway_id must be 1 to 128 characters"
     return None
 

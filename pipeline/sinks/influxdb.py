@@ -19,13 +19,12 @@ from influxdb_client.rest import ApiException
 
 from pipeline.errors import PermanentSinkError, TransientSinkError
 from pipeline.sinks.base import Sink
-from schemas.batch import ReadingBatch
+from schemas.batch import META_NUMBERS, ReadingBatch
 
 __all__ = ["MEASUREMENT", "InfluxSink", "line_of", "lines_of"]
 
 MEASUREMENT = "telemetry"
 _TAG_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\\": "\\\\"})
-_META_FIELDS = ("signal_strength", "battery_level", "snr")
 
 
 def _tag(value: str) -> str:
@@ -48,9 +47,9 @@ def line_of(batch: ReadingBatch, i: int, _tags: dict[tuple[str, str, str | None]
         if _tags is not None:
             _tags[key] = head
     fields = ",".join([f"{name}={value!r}" for name, value in batch.metrics[i].items()])
-    meta = batch.metadata[i]
+    meta = batch.meta[i]
     if meta:
-        extra = [f"{name}={number!r}" for name in _META_FIELDS
+        extra = [f"{name}={number!r}" for name in META_NUMBERS
                  if (number := meta.get(name)) is not None]
         if extra:
             fields += "," + ",".join(extra)

@@ -16,7 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.errors import PermanentSinkError, TransientSinkError
 from pipeline.sinks.base import Sink
-from schemas.batch import ReadingBatch, iso_micros
+from schemas.batch import META_NUMBERS, ReadingBatch, iso_micros
 
 __all__ = ["LATEST_KEY", "RedisLatestSink", "latest_fields"]
 
@@ -45,7 +45,6 @@ return wrote
 """
 # readings per script call, so that one call never holds Redis for long
 _PER_CALL = 200
-_META_FIELDS = ("signal_strength", "battery_level", "snr")
 
 
 def latest_fields(batch: ReadingBatch, i: int) -> list[str]:
@@ -53,9 +52,9 @@ def latest_fields(batch: ReadingBatch, i: int) -> list[str]:
     fields: list[str] = ["protocol", batch.protocol[i]]
     for name, value in batch.metrics[i].items():
         fields += [name, repr(value)]
-    meta = batch.metadata[i]
+    meta = batch.meta[i]
     if meta:
-        for name in _META_FIELDS:
+        for name in META_NUMBERS:
             number = meta.get(name)
             if number is not None:
                 fields += [name, repr(number)]

@@ -73,8 +73,11 @@ def test_columns_of_different_lengths_are_malformed() -> None:
     ({"metrics": {"a b": 1.0}}, "metric name 'a b' is not allowed"),
     ({"metrics": {"x": math.nan}}, "metric x is not finite"),
     ({"metrics": {"x": math.inf}}, "metric x is not finite"),
-    ({"metadata": {"snr": math.inf}}, "metadata snr is not finite"),
-    ({"metadata": {"location": {"lat": 91.0, "lon": 0.0}}}, "location (91.0, 0.0) is out of range"),
+    ({"meta": {"snr": math.inf}}, "metadata snr is not finite"),
+    ({"meta": {"rssi": 1.0}}, "metadata 'rssi' is not one of"),
+    ({"meta": {"lat": 91.0, "lon": 0.0}}, "location (91.0, 0.0) is out of range"),
+    ({"meta": {"lat": 1.0}}, "location needs both lat and lon"),
+    ({"gateway_id": ""}, "gateway_id must be 1 to 128 characters"),
 ])
 def test_check_row_refuses_what_telemetry_refuses(change: dict[str, object], reason: str) -> None:
     batch = ReadingBatch.of([_reading()])

@@ -97,7 +97,8 @@ def create_app(role: str, settings: Settings) -> faust.App:
         producer_acks=-1,
         broker_commit_interval=1.0,
         broker_commit_every=5000,
-        stream_buffer_maxsize=max(4096, settings.sink_batch_size * 2),
+        # records, each a batch of up to a thousand readings: a short buffer bounds memory
+        stream_buffer_maxsize=max(256, settings.stream_batch_records * 2),
         consumer_max_fetch_size=1024 * 1024,
         logging_config=None,
         monitor=_quiet_monitor(),

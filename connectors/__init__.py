@@ -5,6 +5,7 @@ Run a connector by its module's ``main(settings)`` (``connectors.mqtt``,
 shared parts exported here.
 """
 
+from connectors.buffer import ReadingBuffer
 from connectors.errors import (
     BadDeviceIdError,
     BadMessageIdError,
@@ -16,8 +17,9 @@ from connectors.errors import (
     PayloadTooLargeError,
     ProduceError,
     ProducerClosedError,
+    ReadingRefusedError,
 )
-from connectors.mqtt import MqttConnector, OutRecord, Parser, Translator
+from connectors.mqtt import MqttConnector, Output, OutRecord, Parser, Translator
 from connectors.payload import (
     MAX_PAYLOAD_BYTES,
     ParsedReading,
@@ -30,6 +32,7 @@ from connectors.payload import (
     reading_from_object,
 )
 from connectors.producer import Delivery, DeliveryCallback, RecordProducer
+from connectors.reading import ReadingRow, encode_rows
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -43,17 +46,22 @@ __all__ = [
     "NotAnObjectError",
     "NotJsonError",
     "OutRecord",
+    "Output",
     "ParsedReading",
     "Parser",
     "PayloadError",
     "PayloadTooLargeError",
     "ProduceError",
     "ProducerClosedError",
+    "ReadingBuffer",
+    "ReadingRefusedError",
+    "ReadingRow",
     "RecordProducer",
     "RejectedField",
     "Translator",
     "dead_letter_for_error",
     "derive_message_id",
+    "encode_rows",
     "load_object",
     "parse_reading",
     "parse_timestamp",

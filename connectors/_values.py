@@ -12,25 +12,38 @@ from datetime import UTC, datetime, timedelta
 
 from connectors.errors import BadTimestampError
 
-__all__ = ["as_number", "clip", "describe", "kind", "parse_timestamp"]
+__all__ = ["as_number", "clip", "describe", "kind", "parse_timestamp", "timestamp_micros"]
 
 # Below this an epoch number is seconds (1e11 s is the year 5138; 1e11 ms is 1973).
 _SECONDS_BELOW = 1e11
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_MIN_MICROS = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
+_MAX_MICROS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
 
 
 def parse_timestamp(value: object) -> datetime:
     """Epoch milliseconds (or seconds when below 1e11) or ISO-8601 (no zone means UTC)."""
+    return _EPOCH + timedelta(microseconds=timestamp_micros(value))
+
+
+def timestamp_micros(value: object) -> int:
+    """:func:`parse_timestamp` as integer microseconds since 1970 (no datetime on the way
+    for epoch numbers); raises :class:`BadTimestampError` for what it refuses."""
     if isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value)
-            if moment.tzinfo is None:
-                return moment.replace(tzinfo=UTC)
-            return moment.astimezone(UTC)
         except (ValueError, OverflowError) as exc:
             raise BadTimestampError(
                 f"timestamp {clip(value)!r} is not an ISO-8601 time: {exc}"
             ) from exc
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        micros = (moment - _EPOCH) // _MICROSECOND
+        if not _MIN_MICROS <= micros <= _MAX_MICROS:  # an offset moved it past year 1 or 9999
+            raise BadTimestampError(
+                f"timestamp {clip(value)!r} is not an ISO-8601 time: date value out of range")
+        return micros
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadTimestampError(
             f"timestamp must be ISO-8601 or epoch milliseconds, got {describe(value)}"
@@ -39,11 +52,13 @@ def parse_timestamp(value: object) -> datetime:
         if not math.isfinite(value) or value < 0:
             raise BadTimestampError(f"timestamp {clip(repr(value))} is not a time after 1970")
         micros = round(value * 1_000_000) if value < _SECONDS_BELOW else round(value * 1000)
-        return _EPOCH + timedelta(microseconds=micros)
     except OverflowError as exc:
         raise BadTimestampError(
             f"timestamp {clip(repr(value))} is beyond the year 9999"
         ) from exc
+    if micros > _MAX_MICROS:
+        raise BadTimestampError(f"timestamp {clip(repr(value))} is beyond the year 9999")
+    return micros
 
 
 def as_number(value: object, *, allow_bool: bool) -> tuple[float | None, str]:

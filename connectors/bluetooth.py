@@ -4,9 +4,9 @@ A ``bleak`` scanner calls :meth:`BluetoothConnector.on_advertisement` for each
 advertisement heard. Advertisements of addresses listed in the device file are
 decoded (BTHome v2 service data, UUID 0xFCD2, decrypted when the device has a
 bind key; RuuviTag data format 5, manufacturer id 0x0499) and produced to
-``telemetry.raw``; an advertisement that cannot be decoded goes to
-``telemetry.dlq`` with its reason and bytes. Other addresses are ignored and
-counted.
+``telemetry.raw``, batched with the other readings of their partition; an
+advertisement that cannot be decoded goes to ``telemetry.dlq`` with its reason
+and bytes. Other addresses are ignored and counted.
 
 Devices repeat one advertisement many times. The same bytes from the same
 device within ``repeat_window_s`` are the same reading: they are dropped, and
@@ -38,6 +38,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import uvloop
 from prometheus_client import Counter as PromCounter
 
 from connectors._signals import on_stop_signals
@@ -158,6 +159,10 @@ class BluetoothConnector:
     def failure(self) -> str | None:
         """Why the connector gave up (Kafka refused records for good), else None."""
         return self._failure
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
 
     def request_stop(self) -> None:
         """Ask :meth:`scan` to stop; safe from a signal handler and from any thread."""
@@ -347,6 +352,12 @@ def main(settings: Settings, *, config_path: Path) -> int:
     producer = RecordProducer.from_settings(settings, connector=PROTOCOL)
     connector = BluetoothConnector(producer=producer, devices=devices)
     with producer, on_stop_signals(connector.request_stop):
-        code = asyncio.run(connector.scan())
+        # Readings are spread by the partition count of telemetry.raw: learn it before
+        # scanning, so the scanner's callbacks never wait for it.
+        while not producer.readings.wait_ready(1.0):
+            if connector.stop_requested:
+                return 0
+            logger.info("%s: waiting for Kafka at %s", STAGE, settings.kafka_bootstrap)
+        code = uvloop.run(connector.scan())
     logger.info("%s: stopped (%s)", STAGE, dict(connector.stats))
     return code

@@ -20,6 +20,7 @@ __all__ = [
     "PayloadTooLargeError",
     "ProduceError",
     "ProducerClosedError",
+    "ReadingRefusedError",
 ]
 
 
@@ -55,6 +56,13 @@ class BadDeviceIdError(PayloadError):
 
 class BadMessageIdError(PayloadError):
     code = "bad_message_id"
+
+
+class ReadingRefusedError(PayloadError):
+    """A parsed reading that cannot go to Kafka (e.g. it does not encode); its input goes
+    to the DLQ instead."""
+
+    code = "refused"
 
 
 class ProduceError(ConnectorError):

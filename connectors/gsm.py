@@ -84,20 +84,18 @@ def parse_gsm_reading(payload: bytes, device_id: str, received_at: datetime) -> 
     imei = _imei(found.get("imei"), rejected)
     reading = reading_from_object(rest, payload=payload, device_id=device_id, protocol="gsm",
                                   received_at=received_at)
-    telemetry = reading.telemetry
-    if telemetry is not None:
-        extra = dict(telemetry.metadata.extra)
+    row = reading.row
+    if row is not None and (imei is not None or csq_text is not None):
+        extra = dict(row.extra)  # new dicts: the parser may share its empty ones
         if imei is not None:
             extra["imei"] = imei
         if csq_text is not None:
             extra["csq"] = csq_text
-        changes: dict[str, Any] = {"extra": extra}
+        meta = dict(row.meta)
         if dbm is not None:
-            changes["signal_strength"] = float(dbm)
-        metadata = dataclasses.replace(telemetry.metadata, **changes)
-        telemetry = dataclasses.replace(telemetry, metadata=metadata)
-    return dataclasses.replace(reading, telemetry=telemetry,
-                               rejected=(*reading.rejected, *rejected))
+            meta["signal_strength"] = float(dbm)
+        row = row._replace(meta=meta, extra=extra)
+    return dataclasses.replace(reading, row=row, rejected=(*reading.rejected, *rejected))
 
 
 def _csq(

@@ -4,7 +4,7 @@ Subscribes to ``application/+/device/+/event/+`` (QoS 1, persistent session,
 each message acknowledged only after Kafka took its records: the machinery of
 :class:`connectors.mqtt.MqttConnector`) and translates each event:
 
-- ``up``: a ``Telemetry`` reading (protocol ``lorawan``) on ``telemetry.raw``.
+- ``up``: a reading (protocol ``lorawan``) for ``telemetry.raw``, batched with others.
   device_id is the devEUI in lower-case hex, application_id comes from
   ``deviceInfo``, metrics from ``object`` (flattened) or ``data`` as Cayenne
   LPP, rssi/snr/gateway of the best gateway into metadata, message_id from
@@ -42,8 +42,9 @@ from connectors.codecs.chirpstack import (
     parse_uplink,
 )
 from connectors.errors import DecodeError, PayloadError
-from connectors.mqtt import OutRecord, run
+from connectors.mqtt import Output, OutRecord, run
 from connectors.payload import ParsedReading, RejectedField, dead_letter_for_error, derive_message_id
+from connectors.reading import ReadingRow
 from pipeline.settings import Settings, Topics
 from schemas.errors import InvalidRecordError
 from schemas.records import SystemEvent, Telemetry, TelemetryMetadata
@@ -85,8 +86,8 @@ class UnsupportedEventError(PayloadError):
     code = "unsupported_event"
 
 
-def translate(topic: str, payload: bytes, received_at: datetime) -> list[OutRecord]:
-    """The Kafka records one ChirpStack event becomes (never raises on bad input)."""
+def translate(topic: str, payload: bytes, received_at: datetime) -> list[Output]:
+    """The readings and records one ChirpStack event becomes (never raises on bad input)."""
     match = _TOPIC.fullmatch(topic)
     if match is None:
         error = PayloadError(f"topic {topic!r} is not application/+/device/+/event/+")
@@ -109,7 +110,7 @@ def translate(topic: str, payload: bytes, received_at: datetime) -> list[OutReco
     return [_dead(error, payload, topic, dev_eui)]
 
 
-def _uplink(topic: str, payload: bytes, received_at: datetime) -> list[OutRecord]:
+def _uplink(topic: str, payload: bytes, received_at: datetime) -> list[Output]:
     uplink = parse_uplink(payload)
     telemetry = None
     if uplink.metrics:
@@ -121,28 +122,28 @@ def _uplink(topic: str, payload: bytes, received_at: datetime) -> list[OutRecord
     rejected = tuple(RejectedField(f"object.{name}", why) for name, why in uplink.ignored.items())
     if telemetry is None and not rejected:
         rejected = (RejectedField("data", "no reading: neither object nor Cayenne LPP data"),)
-    reading = ParsedReading(uplink.device_id, uplink.message_id, bytes(payload), telemetry,
-                            rejected)
-    records = []
-    if telemetry is not None:
-        records.append(OutRecord(Topics.RAW, telemetry.device_id, telemetry.encode()))
+    row = None if telemetry is None else ReadingRow.of(telemetry)
+    reading = ParsedReading(uplink.device_id, uplink.message_id, bytes(payload), row, rejected)
+    records: list[Output] = []
+    if row is not None:
+        records.append(row)
     dead = reading.dead_letter(stage=STAGE, source_topic=f"mqtt:{topic}")
     if dead is not None:
         records.append(OutRecord(Topics.DLQ, dead.device_id, dead.encode(), reading.reject_code))
     return records
 
 
-def _event(event_type: str, topic: str, payload: bytes, received_at: datetime) -> list[OutRecord]:
+def _event(event_type: str, topic: str, payload: bytes, received_at: datetime) -> list[Output]:
     event = parse_event(event_type, payload)
     attributes = {**event.attributes, "application_id": event.application_id}
     system = SystemEvent(
         kind=event_type, source=STAGE, device_id=event.device_id, at=event.ts or received_at,
         message=_message(event), attributes=attributes,
     )
-    records = [OutRecord(Topics.SYSTEM, event.device_id, system.encode())]
+    records: list[Output] = [OutRecord(Topics.SYSTEM, event.device_id, system.encode())]
     battery = _battery_reading(event, payload, received_at)
     if battery is not None:
-        records.append(OutRecord(Topics.RAW, battery.device_id, battery.encode()))
+        records.append(ReadingRow.of(battery))
     return records
 
 

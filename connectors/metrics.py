@@ -19,6 +19,7 @@ __all__ = [
     "MESSAGES_RECEIVED",
     "MESSAGES_REJECTED",
     "PRODUCER_BACKPRESSURE",
+    "READINGS_PRODUCED",
     "RECORDS_PRODUCED",
     "serve_metrics",
 ]
@@ -36,6 +37,11 @@ RECORDS_PRODUCED = Counter(
     "webscada_connector_records_produced",
     "Records Kafka acknowledged, by topic.",
     ["connector", "topic"],
+)
+READINGS_PRODUCED = Counter(
+    "webscada_connector_readings_produced",
+    "Readings Kafka acknowledged on telemetry.raw (many to a batch record).",
+    ["connector"],
 )
 MESSAGES_REJECTED = Counter(
     "webscada_connector_messages_rejected",

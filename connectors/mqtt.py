@@ -1,15 +1,25 @@
 """MQTT connector: device readings from ``{prefix}/{device_id}/telemetry`` to Kafka.
 
 Each message is acknowledged to the broker (PUBACK) only after Kafka
-acknowledged every record made from it: the reading on ``telemetry.raw`` and/or
-its dead letter on ``telemetry.dlq``. With a persistent session (clean session
-off, fixed client id) the broker redelivers whatever was not acknowledged when
-the connector died, so a ``kill -9`` loses nothing; a redelivered payload gets
-the same ``message_id``, which the sinks deduplicate on.
+acknowledged every record made from it: the batch record on ``telemetry.raw``
+holding its reading (:class:`~connectors.buffer.ReadingBuffer`) and/or its dead
+letter on ``telemetry.dlq``. With a persistent session (MQTT 5, clean start off,
+a session expiry, fixed client id) the broker redelivers whatever was not
+acknowledged when the connector died, so a ``kill -9`` loses nothing; a
+redelivered payload gets the same ``message_id``, which the sinks deduplicate on.
 
-Acknowledgements go out in the order the messages arrived (MQTT 3.1.1, 4.6),
-so a record Kafka is slow to take holds back the acks behind it; the broker's
-in-flight window then throttles delivery to this connector.
+Acknowledgements go out in the order the messages arrived (MQTT 5, 4.6), in
+bulk as each batch is acknowledged; a record Kafka is slow to take holds back
+the acks behind it, and the broker's in-flight window then throttles delivery
+to this connector.
+
+Several connector processes share the load through a shared subscription
+(``$share/{group}/devices/+/telemetry``): the broker gives each message to one
+of them. Each has its own client id and session; the broker keeps queueing a
+share for a member that is away, which gets it when it is back.
+
+Per message the connector does little: decode the JSON (orjson), build the
+reading's row (:mod:`connectors.payload`), add it to its partition's batch.
 
 The topic prefix, protocol and payload parser are parameters, so the GSM
 connector (``gsm/+/telemetry``) runs this same class. A connector whose topics
@@ -21,29 +31,32 @@ into any number of :class:`OutRecord` s.
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import queue
 import threading
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from connectors._signals import on_stop_signals
-from connectors.errors import PayloadError, ProduceError
+from connectors.errors import PayloadError, ProduceError, ReadingRefusedError
 from connectors.metrics import BROKER_CONNECTED, MESSAGES_RECEIVED, MESSAGES_REJECTED, serve_metrics
 from connectors.payload import ParsedReading, dead_letter_for_error, parse_reading
 from connectors.producer import Delivery, RecordProducer
+from connectors.reading import ReadingRow
 from pipeline.settings import Settings, Topics
-from schemas.records import SystemEvent, utcnow
+from schemas.records import SystemEvent
 
-__all__ = ["MqttConnector", "OutRecord", "Parser", "Translator", "main", "run"]
+__all__ = ["SESSION_EXPIRY_S", "MqttConnector", "OutRecord", "Output", "Parser", "Translator", "main",
+           "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +74,16 @@ class OutRecord:
     reject_code: str | None = None
 
 
-Translator = Callable[[str, bytes, datetime], Sequence[OutRecord]]
-"""``(mqtt_topic, payload, received_at) -> records``. Bad input must become a
+Output = OutRecord | ReadingRow
+"""What a message becomes: a record produced as it is, or a reading for the batches."""
+
+Translator = Callable[[str, bytes, datetime], Sequence[Output]]
+"""``(mqtt_topic, payload, received_at) -> outputs``. Bad input must become a
 dead letter, not an exception; an empty result acknowledges the message as is."""
+
+# Broker sessions outlive a connector this long (Mosquitto's own limit for MQTT 3 sessions
+# in the local stack): a connector away for less gets every message it missed.
+SESSION_EXPIRY_S = 7 * 24 * 3600
 
 
 @dataclass(slots=True)
@@ -73,6 +93,9 @@ class _Pending:
     mid: int
     qos: int
     outstanding: int
+    topic: str
+    payload: bytes
+    current: bool = True  # False once its connection is gone: the broker redelivers it
 
 
 class MqttConnector:
@@ -84,7 +107,8 @@ class MqttConnector:
     caller's: started before :meth:`start`, closed after :meth:`stop`.
 
     ``client`` replaces the paho client this builds (clean session off, manual
-    acks, MQTT 3.1.1); whoever passes one must configure it likewise.
+    acks, MQTT 5); whoever passes one must configure it likewise. With
+    ``shared_group`` the subscription is ``$share/{shared_group}/{subscription}``.
     """
 
     def __init__(
@@ -99,6 +123,8 @@ class MqttConnector:
         parser: Parser | None = None,
         subscription: str | None = None,
         translator: Translator | None = None,
+        shared_group: str | None = None,
+        session_expiry_s: int = SESSION_EXPIRY_S,
         keepalive_s: int = 30,
         reconnect_min_s: int = 1,
         reconnect_max_s: int = 30,
@@ -107,8 +133,13 @@ class MqttConnector:
     ) -> None:
         self.host, self.port, self.client_id = host, port, client_id
         self.prefix, self.protocol = prefix, protocol
-        self.subscription = subscription or f"{prefix}/+/telemetry"
+        self.topic_filter = subscription or f"{prefix}/+/telemetry"
+        self.subscription = (f"$share/{shared_group}/{self.topic_filter}" if shared_group
+                             else self.topic_filter)
         self.stage = f"connector.{protocol}"
+        self._session_expiry_s = session_expiry_s
+        self._topic_head, self._topic_tail = f"{prefix}/", "/telemetry"
+        self._received = MESSAGES_RECEIVED.labels(protocol)
         self._producer = producer
         self._parser: Parser = parser or functools.partial(_parse, protocol=protocol)
         self._translator: Translator = translator or self._records
@@ -119,9 +150,8 @@ class MqttConnector:
         self._given_client = client
         self._client: paho.Client | None = None
         self._lock = threading.Lock()
-        self._pending: OrderedDict[int, _Pending] = OrderedDict()
-        self._seq = itertools.count(1)
-        self._retries: queue.SimpleQueue[tuple[int, OutRecord] | None] = queue.SimpleQueue()
+        self._pending: deque[_Pending] = deque()
+        self._retries: queue.SimpleQueue[tuple[_Pending, Output] | None] = queue.SimpleQueue()
         self._retry_thread: threading.Thread | None = None
         self._stop_requested = threading.Event()
         self._stopping = threading.Event()
@@ -159,8 +189,7 @@ class MqttConnector:
         client = self._given_client or paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
-            clean_session=False,
-            protocol=paho.MQTTv311,
+            protocol=paho.MQTTv5,
             manual_ack=True,
         )
         # Last resort only: every known failure is handled in the callbacks themselves.
@@ -176,7 +205,11 @@ class MqttConnector:
             target=self._retry_loop, name=f"{self.stage}-retry", daemon=True
         )
         self._retry_thread.start()
-        client.connect_async(self.host, self.port, self._keepalive_s)
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self._session_expiry_s
+        # paho keeps clean_start and the properties for every reconnect.
+        client.connect_async(self.host, self.port, self._keepalive_s, clean_start=False,
+                             properties=properties)
         client.loop_start()
 
     def stop(self, timeout: float = 10.0) -> int:
@@ -212,9 +245,11 @@ class MqttConnector:
             logger.error("%s: mqtt://%s:%d refused the connection: %s",
                          self.stage, self.host, self.port, reason)
             return
-        with self._lock:
-            # Anything not acknowledged yet is redelivered on this new connection.
-            self._pending.clear()
+        self._forget_pending()  # anything not acknowledged yet is redelivered on this connection
+        if flags.session_present and self.subscription != self.topic_filter:
+            # A session of a connector from before shared subscriptions would get every
+            # message twice: once through the share, once through its own subscription.
+            client.unsubscribe(self.topic_filter)
         client.subscribe(self.subscription, qos=1)
         logger.info("%s: connected to mqtt://%s:%d (session present: %s)",
                     self.stage, self.host, self.port, flags.session_present)
@@ -238,8 +273,7 @@ class MqttConnector:
     ) -> None:
         self._connected.clear()
         BROKER_CONNECTED.labels(self.protocol).set(0)
-        with self._lock:
-            self._pending.clear()
+        self._forget_pending()
         if self._stopping.is_set():
             return
         logger.warning("%s: lost mqtt://%s:%d (%s); reconnecting",
@@ -251,35 +285,40 @@ class MqttConnector:
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         if self._stopping.is_set():
             return  # left unacknowledged: the broker redelivers it to the next session
-        MESSAGES_RECEIVED.labels(self.protocol).inc()
-        records = self._translate(message.topic, bytes(message.payload))
+        self._received.inc()
+        topic, payload = message.topic, bytes(message.payload)  # bytes(bytes) is no copy
+        outputs = self._translate(topic, payload)
+        entry = _Pending(message.mid, message.qos, len(outputs), topic, payload)
         with self._lock:
-            seq = next(self._seq)
-            self._pending[seq] = _Pending(message.mid, message.qos, len(records))
-            if not records:
+            self._pending.append(entry)
+            if not outputs:
                 self._ack_ready()
-        for record in records:
-            if not self._send(seq, record):
+        for output in outputs:
+            if not self._send(entry, output):
                 return
+
+    def _forget_pending(self) -> None:
+        with self._lock:
+            for entry in self._pending:
+                entry.current = False
+            self._pending.clear()
 
     # from the payload to Kafka records
 
-    def _translate(self, topic: str, payload: bytes) -> Sequence[OutRecord]:
+    def _translate(self, topic: str, payload: bytes) -> Sequence[Output]:
         try:
-            records = self._translator(topic, payload, utcnow())
+            outputs = self._translator(topic, payload, datetime.now(UTC))
         except Exception as exc:
             # A translator bug must neither lose the message nor kill the network thread.
             logger.exception("%s: failed on a payload from %s", self.stage, topic)
             error = PayloadError(f"connector failed on this payload: {exc!r}")
-            dead = dead_letter_for_error(error, payload, device_id=None, stage=self.stage,
-                                         source_topic=f"mqtt:{topic}")
-            records = [OutRecord(Topics.DLQ, None, dead.encode(), error.code)]
-        for record in records:
-            if record.reject_code is not None:
-                MESSAGES_REJECTED.labels(self.protocol, record.reject_code).inc()
-        return records
+            return [self._dead(error, topic, payload, None)]
+        for output in outputs:
+            if isinstance(output, OutRecord) and output.reject_code is not None:
+                MESSAGES_REJECTED.labels(self.protocol, output.reject_code).inc()
+        return outputs
 
-    def _records(self, topic: str, payload: bytes, received_at: datetime) -> list[OutRecord]:
+    def _records(self, topic: str, payload: bytes, received_at: datetime) -> list[Output]:
         source = f"mqtt:{topic}"
         device_id = self._device_id(topic)
         try:
@@ -291,74 +330,82 @@ class MqttConnector:
             logger.exception("%s: parser failed on a payload from %s", self.stage, topic)
             error = PayloadError(f"connector failed on this payload: {exc!r}")
         else:
-            records = []
-            if reading.telemetry is not None:
-                records.append(OutRecord(Topics.RAW, device_id, reading.telemetry.encode()))
+            if reading.row is not None and not reading.rejected:
+                return [reading.row]  # the common case
+            outputs: list[Output] = []
+            if reading.row is not None:
+                outputs.append(reading.row)
             code = reading.reject_code
             dead = reading.dead_letter(stage=self.stage, source_topic=source)
             if code is not None and dead is not None:
-                records.append(OutRecord(Topics.DLQ, dead.device_id, dead.encode(), code))
-            return records
-        dead = dead_letter_for_error(
-            error, payload, device_id=device_id, stage=self.stage, source_topic=source
-        )
-        return [OutRecord(Topics.DLQ, dead.device_id, dead.encode(), error.code)]
+                outputs.append(OutRecord(Topics.DLQ, dead.device_id, dead.encode(), code))
+            return outputs
+        return [self._dead(error, topic, payload, device_id)]
+
+    def _dead(self, error: PayloadError, topic: str, payload: bytes,
+              device_id: str | None) -> OutRecord:
+        dead = dead_letter_for_error(error, payload, device_id=device_id, stage=self.stage,
+                                     source_topic=f"mqtt:{topic}")
+        return OutRecord(Topics.DLQ, dead.device_id, dead.encode(), error.code)
 
     def _device_id(self, topic: str) -> str:
-        head, tail = f"{self.prefix}/", "/telemetry"
+        head, tail = self._topic_head, self._topic_tail
         if topic.startswith(head) and topic.endswith(tail):
             return topic[len(head) : len(topic) - len(tail)]
         return ""  # not a telemetry topic: rejected as a bad device id
 
-    def _send(self, seq: int, record: OutRecord) -> bool:
+    def _send(self, entry: _Pending, output: Output) -> bool:
+        callback = functools.partial(self._delivered, entry, output)
         try:
-            self._producer.produce(
-                record.topic, record.key, record.value,
-                functools.partial(self._delivered, seq, record),
-            )
+            if isinstance(output, OutRecord):
+                self._producer.produce(output.topic, output.key, output.value, callback)
+            else:
+                self._producer.send_reading(output, callback)
         except ProduceError as exc:
-            self._fail(f"cannot produce to {record.topic}: {exc}")
+            self._fail(f"cannot produce to {_topic_of(output)}: {exc}")
             return False
         return True
 
     # producer callbacks (poll thread)
 
-    def _delivered(self, seq: int, record: OutRecord, delivery: Delivery) -> None:
+    def _delivered(self, entry: _Pending, output: Output, delivery: Delivery) -> None:
         if not delivery.ok:
+            if self._stopping.is_set() or not entry.current:
+                return  # the broker redelivers that message
             if delivery.fatal or self._producer.fatal_error:
                 self._fail(f"Kafka producer failed: {delivery.error}")
+            elif delivery.refused and isinstance(output, ReadingRow):
+                # Sending it again cannot help: the message goes to the DLQ in its place.
+                error = ReadingRefusedError(f"reading not accepted for Kafka: {delivery.error}")
+                dead = self._dead(error, entry.topic, entry.payload, output.device_id)
+                MESSAGES_REJECTED.labels(self.protocol, error.code).inc()
+                self._retries.put((entry, dead))
             else:
-                self._retries.put((seq, record))
+                self._retries.put((entry, output))
             return
         with self._lock:
-            entry = self._pending.get(seq)
-            if entry is None:
-                return  # from before a reconnect; the broker redelivers that message
             entry.outstanding -= 1
-            self._ack_ready()
+            if entry.outstanding == 0 and entry.current:
+                self._ack_ready()
 
     def _ack_ready(self) -> None:
         """Acknowledge, in arrival order, every message whose records Kafka took."""
         client = self._client
-        while self._pending:
-            seq, entry = next(iter(self._pending.items()))
-            if entry.outstanding > 0:
-                return
-            del self._pending[seq]
+        pending = self._pending
+        while pending and pending[0].outstanding <= 0:
+            entry = pending.popleft()
             if entry.qos > 0 and client is not None:
                 client.ack(entry.mid, entry.qos)
 
     def _retry_loop(self) -> None:
         while (item := self._retries.get()) is not None:
-            seq, record = item
-            with self._lock:
-                wanted = seq in self._pending
-            if not wanted:
+            entry, output = item
+            if not entry.current:
                 continue
             if self._stopping.wait(self._retry_delay_s):
                 return
-            logger.info("%s: sending a record to %s again", self.stage, record.topic)
-            self._send(seq, record)
+            logger.info("%s: sending a record to %s again", self.stage, _topic_of(output))
+            self._send(entry, output)
 
     def _event(self, kind: str, message: str) -> None:
         event = SystemEvent(
@@ -379,6 +426,10 @@ class MqttConnector:
         self._stop_requested.set()
 
 
+def _topic_of(output: Output) -> str:
+    return output.topic if isinstance(output, OutRecord) else Topics.RAW
+
+
 def _parse(payload: bytes, device_id: str, received_at: datetime, *, protocol: str) -> ParsedReading:
     return parse_reading(payload, device_id=device_id, protocol=protocol, received_at=received_at)
 
@@ -392,6 +443,7 @@ def run(
     client_id: str | None = None,
     subscription: str | None = None,
     translator: Translator | None = None,
+    shared_group: str | None = None,
     host: str | None = None,
     port: int | None = None,
     metrics_port: int | None = None,
@@ -412,9 +464,15 @@ def run(
     connector = MqttConnector(
         producer=producer, prefix=prefix, protocol=protocol, parser=parser,
         client_id=client_id or settings.mqtt_client_id, subscription=subscription,
-        translator=translator, **options,
+        translator=translator, shared_group=shared_group, **options,
     )
     with producer, on_stop_signals(connector.request_stop):
+        # Readings are spread by the partition count of telemetry.raw: learn it before
+        # taking messages, so the network thread never waits for it.
+        while not producer.readings.wait_ready(1.0):
+            if connector.wait(0):
+                return 0
+            logger.info("%s: waiting for Kafka at %s", connector.stage, settings.kafka_bootstrap)
         connector.start()
         while not connector.wait(1.0):
             pass
@@ -426,5 +484,6 @@ def run(
 
 
 def main(settings: Settings, *, client_id: str | None = None) -> int:
-    """``webscada connect mqtt``: the MQTT connector for ``devices/+/telemetry``."""
-    return run(settings, client_id=client_id)
+    """``webscada connect mqtt``: the MQTT connector for ``devices/+/telemetry``, one of the
+    processes sharing ``$share/{settings.mqtt_share_group}/devices/+/telemetry``."""
+    return run(settings, client_id=client_id, shared_group=settings.mqtt_share_group or None)

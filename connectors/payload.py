@@ -13,6 +13,11 @@ Two shapes are accepted::
 Numbers become metrics, booleans 0/1, a string ``status`` the status. Any other
 value is dropped and reported as a :class:`RejectedField`; the reading keeps its
 valid metrics. Problems with the reading as a whole raise :class:`PayloadError`.
+
+This runs once per device message, so it builds the reading's
+:class:`~connectors.reading.ReadingRow` directly (no checked ``Telemetry``
+object: every rule of one is checked here on the way, and the validate agent
+checks readings again); JSON is read by orjson (:mod:`connectors._json`).
 """
 
 from __future__ import annotations
@@ -22,28 +27,26 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from connectors._values import as_number, clip, describe, kind, parse_timestamp
+from connectors._json import loads
+from connectors._values import as_number, clip, describe, kind, parse_timestamp, timestamp_micros
 from connectors.errors import (
     BadDeviceIdError,
     BadMessageIdError,
     NotAnObjectError,
-    NotJsonError,
     PayloadError,
     PayloadTooLargeError,
 )
-from schemas.errors import InvalidRecordError
+from connectors.reading import ReadingRow
 from schemas.records import (
     DEVICE_ID_PATTERN,
     METRIC_NAME_PATTERN,
     PROTOCOLS,
     RESERVED_METRICS,
     DeadLetter,
-    Location,
     Telemetry,
-    TelemetryMetadata,
     iso_utc,
 )
 
@@ -64,6 +67,14 @@ _MAX_STATUS_CHARS = 256
 _MAX_ID_CHARS = 128
 # Namespace of derived message ids; changing it would change every derived id.
 _MESSAGE_NAMESPACE = uuid.UUID("6f0f3a52-3c55-5e7e-9d7b-2a1c4b8e9d01")
+_NAMESPACE_BYTES = _MESSAGE_NAMESPACE.bytes
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+# Names that passed the rules, so the regular expression runs once per name and process,
+# not once per reading (devices send the same few names in every message).
+_GOOD_METRIC_NAMES: set[str] = set()
+_GOOD_DEVICE_IDS: set[str] = set()
+_MAX_REMEMBERED = 100_000
 
 # Top-level keys that are never metrics.
 _ENVELOPE = frozenset({"timestamp", "telemetry", "metadata", "messageId", "applicationId",
@@ -91,20 +102,25 @@ class RejectedField:
 class ParsedReading:
     """The outcome of parsing one device payload.
 
-    ``telemetry`` is None when no valid metric remained; then the whole reading
+    ``row`` is None when no valid metric remained; then the whole reading
     belongs in the DLQ. ``rejected`` lists the values that were dropped.
     """
 
     device_id: str
     message_id: str
     payload: bytes
-    telemetry: Telemetry | None
+    row: ReadingRow | None
     rejected: tuple[RejectedField, ...] = ()
+
+    @property
+    def telemetry(self) -> Telemetry | None:
+        """The reading as a checked :class:`Telemetry` (built on each access), or None."""
+        return None if self.row is None else self.row.telemetry()
 
     @property
     def reject_code(self) -> str | None:
         """``no_valid_metric``, ``rejected_fields`` or None when nothing was rejected."""
-        if self.telemetry is None:
+        if self.row is None:
             return "no_valid_metric"
         return "rejected_fields" if self.rejected else None
 
@@ -116,7 +132,7 @@ class ParsedReading:
         if code is None:
             return None
         listed = "; ".join(f"{f.name} ({f.reason})" for f in self.rejected)
-        if self.telemetry is None:
+        if self.row is None:
             reason = "no valid metric in reading" + (f": {listed}" if listed else "")
         else:
             count = len(self.rejected)
@@ -201,19 +217,7 @@ def load_object(payload: bytes) -> dict[str, Any]:
         raise PayloadTooLargeError(
             f"payload is {len(payload)} bytes, more than the {MAX_PAYLOAD_BYTES} allowed"
         )
-    try:
-        text = bytes(payload).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise NotJsonError(
-            f"payload is not UTF-8 text: {exc.reason} at byte {exc.start}"
-        ) from exc
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        at = len(text[: exc.pos].encode("utf-8"))
-        raise NotJsonError(f"payload is not JSON: {exc.msg} at byte {at}") from exc
-    except (ValueError, RecursionError) as exc:  # e.g. an integer of 5000 digits, deep nesting
-        raise NotJsonError(f"payload is not JSON: {type(exc).__name__}: {exc}") from exc
+    value = loads(payload)
     if not isinstance(value, dict):
         raise NotAnObjectError(f"payload is a JSON {kind(value)}, not an object")
     return value
@@ -238,12 +242,15 @@ def reading_from_object(
         raise ValueError(f"protocol {protocol!r} is not one of {', '.join(sorted(PROTOCOLS))}")
     if received_at.tzinfo is None:
         raise ValueError(f"received_at {received_at.isoformat()} has no time zone")
-    if not isinstance(device_id, str) or not DEVICE_ID_PATTERN.fullmatch(device_id):
-        raise BadDeviceIdError(
-            f"device id {device_id!r} does not match {DEVICE_ID_PATTERN.pattern}"
-        )
+    if device_id not in _GOOD_DEVICE_IDS:
+        if not isinstance(device_id, str) or not DEVICE_ID_PATTERN.fullmatch(device_id):
+            raise BadDeviceIdError(
+                f"device id {device_id!r} does not match {DEVICE_ID_PATTERN.pattern}"
+            )
+        if len(_GOOD_DEVICE_IDS) < _MAX_REMEMBERED:
+            _GOOD_DEVICE_IDS.add(device_id)
     stamp = obj.get("timestamp")  # null counts as absent
-    ts = None if stamp is None else parse_timestamp(stamp)
+    ts = None if stamp is None else timestamp_micros(stamp)
     if "messageId" in obj:
         message_id = _message_id(obj["messageId"])
     elif message_id is not None:
@@ -261,18 +268,13 @@ def reading_from_object(
                 "applicationId", f"{describe(app)} is not a string of 1 to 128 characters"
             ))
     metrics, status = _metrics(obj, rejected)
-    metadata = _metadata(obj.get("metadata"), rejected)
-    telemetry = None
+    meta, gateway_id, extra = _metadata(obj.get("metadata"), rejected)
+    row = None
     if metrics:
-        try:
-            telemetry = Telemetry(
-                device_id=device_id, protocol=protocol, ts=ts or received_at,
-                received_at=received_at, message_id=message_id, metrics=metrics,
-                application_id=application_id, status=status, metadata=metadata,
-            )
-        except InvalidRecordError as exc:
-            raise PayloadError(f"reading is not a valid Telemetry record: {exc}") from exc
-    return ParsedReading(device_id, message_id, bytes(payload), telemetry, tuple(rejected))
+        received = (received_at - _EPOCH) // _MICROSECOND
+        row = ReadingRow(device_id, protocol, received if ts is None else ts, received,
+                         message_id, application_id, metrics, status, meta, gateway_id, extra)
+    return ParsedReading(device_id, message_id, bytes(payload), row, tuple(rejected))
 
 
 def derive_message_id(device_id: str, payload: bytes, received_at: datetime | None) -> str:
@@ -285,8 +287,12 @@ def derive_message_id(device_id: str, payload: bytes, received_at: datetime | No
     name = device_id.encode("utf-8") + b"\0" + bytes(payload)
     if received_at is not None:
         name += b"\0" + iso_utc(received_at).encode("ascii")
-    digest = hashlib.sha1(_MESSAGE_NAMESPACE.bytes + name, usedforsecurity=False).digest()
-    return str(uuid.UUID(bytes=digest[:16], version=5))
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
+    # What uuid.UUID(bytes=..., version=5) makes of it, without building the object.
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def _message_id(value: object) -> str:
@@ -303,94 +309,122 @@ def _message_id(value: object) -> str:
 def _metrics(
     obj: Mapping[str, Any], rejected: list[RejectedField]
 ) -> tuple[dict[str, float], str | None]:
-    sources: list[tuple[str, Mapping[str, Any]]] = []
+    metrics: dict[str, float] = {}
+    status: str | None = None
     if "telemetry" in obj:
         block = obj["telemetry"]
         if isinstance(block, dict):
-            sources.append(("telemetry.", block))
+            status = _take_metrics(block, "telemetry.", metrics, status, rejected)
         else:
             rejected.append(RejectedField("telemetry", f"{describe(block)} is not an object"))
-    sources.append(("", {k: v for k, v in obj.items() if k not in _ENVELOPE}))
-
-    metrics: dict[str, float] = {}
-    status: str | None = None
-    for prefix, values in sources:
-        for name, value in values.items():
-            path = prefix + name
-            if name == "status" and isinstance(value, str):
-                if status is not None:
-                    rejected.append(RejectedField(path, "a second status"))
-                elif len(value) > _MAX_STATUS_CHARS:
-                    rejected.append(RejectedField(
-                        path, f"status is longer than {_MAX_STATUS_CHARS} characters"
-                    ))
-                else:
-                    status = value
-                continue
-            if name in metrics:
-                rejected.append(RejectedField(path, f"a second value for metric {name!r}"))
-                continue
-            if name in RESERVED_METRICS or not METRIC_NAME_PATTERN.fullmatch(name):
-                rejected.append(RejectedField(path, f"{clip(name)!r} is not an allowed name"))
-                continue
-            number, why = as_number(value, allow_bool=True)
-            if number is None:
-                rejected.append(RejectedField(path, why))
-            else:
-                metrics[name] = number
+    status = _take_metrics(obj, "", metrics, status, rejected, skip=_ENVELOPE)
     return metrics, status
 
 
-def _metadata(block: object, rejected: list[RejectedField]) -> TelemetryMetadata:
+def _take_metrics(values: Mapping[str, Any], prefix: str, metrics: dict[str, float],
+                  status: str | None, rejected: list[RejectedField],
+                  skip: frozenset[str] = frozenset()) -> str | None:
+    """Add the metrics of ``values`` (but ``skip``) to ``metrics``; returns the status so far."""
+    for name, value in values.items():
+        if name in skip:
+            continue
+        # The common case first: a known good name and a finite float (x - x is nan for
+        # inf and nan) or a plain int.
+        kind_of = type(value)
+        if name in _GOOD_METRIC_NAMES and name not in metrics:
+            if kind_of is float and value - value == 0.0:
+                metrics[name] = value
+                continue
+            if kind_of is int and -(2**53) <= value <= 2**53:
+                metrics[name] = float(value)
+                continue
+        path = prefix + name
+        if name == "status" and isinstance(value, str):
+            if status is not None:
+                rejected.append(RejectedField(path, "a second status"))
+            elif len(value) > _MAX_STATUS_CHARS:
+                rejected.append(RejectedField(
+                    path, f"status is longer than {_MAX_STATUS_CHARS} characters"
+                ))
+            else:
+                status = value
+            continue
+        if name in metrics:
+            rejected.append(RejectedField(path, f"a second value for metric {name!r}"))
+            continue
+        if name not in _GOOD_METRIC_NAMES:
+            if name in RESERVED_METRICS or not METRIC_NAME_PATTERN.fullmatch(name):
+                rejected.append(RejectedField(path, f"{clip(name)!r} is not an allowed name"))
+                continue
+            if len(_GOOD_METRIC_NAMES) < _MAX_REMEMBERED:
+                _GOOD_METRIC_NAMES.add(name)
+        number, why = as_number(value, allow_bool=True)
+        if number is None:
+            rejected.append(RejectedField(path, why))
+        else:
+            metrics[name] = number
+    return status
+
+
+_NO_META: dict[str, float] = {}
+_NO_EXTRA: dict[str, str] = {}
+
+
+def _metadata(
+    block: object, rejected: list[RejectedField]
+) -> tuple[dict[str, float], str | None, dict[str, str]]:
+    """The metadata block as the batch's ``meta``, ``gateway_id`` and ``extra`` columns.
+
+    The empty dicts returned for a reading without metadata are shared: never mutate them.
+    """
     if block is None:
-        return TelemetryMetadata()
+        return _NO_META, None, _NO_EXTRA
     if not isinstance(block, dict):
         rejected.append(RejectedField("metadata", f"{describe(block)} is not an object"))
-        return TelemetryMetadata()
-    fields: dict[str, Any] = {}
+        return _NO_META, None, _NO_EXTRA
+    meta: dict[str, float] = {}
+    gateway_id: str | None = None
     extra: dict[str, str] = {}
     for key, value in block.items():
-        path = f"metadata.{key}"
         if value is None:
             continue
         if key in _META_NUMBERS:
             number, why = as_number(value, allow_bool=False)
             if number is None:
-                rejected.append(RejectedField(path, why))
+                rejected.append(RejectedField(f"metadata.{key}", why))
             else:
-                fields[_META_NUMBERS[key]] = number
+                meta[_META_NUMBERS[key]] = number
         elif key in _META_STRINGS:
             if isinstance(value, str) and 0 < len(value) <= _MAX_ID_CHARS:
-                fields[_META_STRINGS[key]] = value
+                gateway_id = value
             else:
                 rejected.append(RejectedField(
-                    path, f"{describe(value)} is not a string of 1 to 128 characters"
+                    f"metadata.{key}", f"{describe(value)} is not a string of 1 to 128 characters"
                 ))
         elif key == "location":
-            location, why = _location(value)
-            if location is None:
-                rejected.append(RejectedField(path, why))
-            else:
-                fields["location"] = location
+            why = _location(value, meta)
+            if why:
+                rejected.append(RejectedField(f"metadata.{key}", why))
         elif isinstance(value, str):
             extra[key] = value
         else:
             number, why = as_number(value, allow_bool=True)
             if number is None:
-                rejected.append(RejectedField(path, why))
+                rejected.append(RejectedField(f"metadata.{key}", why))
             else:
                 extra[key] = json.dumps(value)
-    return TelemetryMetadata(**fields, extra=extra)
+    return meta, gateway_id, extra
 
 
-def _location(value: object) -> tuple[Location | None, str]:
+def _location(value: object, meta: dict[str, float]) -> str:
+    """Put the location's lat and lon into ``meta``, or say why not."""
     if not isinstance(value, dict):
-        return None, f"{describe(value)} is not an object with lat and lon"
+        return f"{describe(value)} is not an object with lat and lon"
     lat, why_lat = as_number(value.get("lat"), allow_bool=False)
     lon, why_lon = as_number(value.get("lon"), allow_bool=False)
     if lat is None or lon is None:
-        return None, f"lat {why_lat}" if lat is None else f"lon {why_lon}"
-    try:
-        return Location(lat, lon), ""
-    except InvalidRecordError as exc:
-        return None, str(exc)
+        return f"lat {why_lat}" if lat is None else f"lon {why_lon}"
+    if not (-90.0 <= lat <= 90.0) or not (-180.0 <= lon <= 180.0):
+        return f"location ({lat}, {lon}) is out of range"
+    meta["lat"], meta["lon"] = lat, lon
+    return ""

@@ -4,6 +4,10 @@ A thin wrapper over confluent-kafka's ``Producer`` with the project's producer
 configuration (:func:`pipeline.producer.producer_config`: ``acks=all``,
 idempotence, a small linger, lz4), a background thread serving delivery
 callbacks, and backpressure instead of loss when librdkafka's queue is full.
+
+Readings go through its :class:`~connectors.buffer.ReadingBuffer`
+(:meth:`RecordProducer.send_reading`): many to a ``TelemetryBatch`` record per
+partition. Dead letters and system events stay single records.
 """
 
 from __future__ import annotations
@@ -11,39 +15,22 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from connectors.buffer import ReadingBuffer
+from connectors.delivery import Delivery, DeliveryCallback
 from connectors.errors import ProduceError, ProducerClosedError
 from connectors.metrics import DELIVERY_FAILURES, PRODUCER_BACKPRESSURE, RECORDS_PRODUCED
-from pipeline.producer import producer_config
+from connectors.reading import ReadingRow
+from pipeline.producer import partition_count, producer_config
 from pipeline.settings import Settings, Topics
 from schemas.records import DeadLetter, SystemEvent, Telemetry
 
 __all__ = ["Delivery", "DeliveryCallback", "RecordProducer"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """What Kafka said about one produced record."""
-
-    topic: str
-    partition: int | None
-    offset: int | None
-    error: str | None = None
-    retriable: bool = False
-    fatal: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-DeliveryCallback = Callable[[Delivery], None]
 
 
 class RecordProducer:
@@ -62,12 +49,18 @@ class RecordProducer:
         connector: str,
         client_id: str | None = None,
         linger_ms: int = 5,
+        batch_linger_ms: float = 20,
+        batch_max_readings: int = 1000,
+        raw_partitions: int | None = None,
         poll_interval_s: float = 0.1,
         config: Mapping[str, Any] | None = None,
         client: Producer | None = None,
     ) -> None:
-        """``config`` adds or overrides librdkafka settings; ``client`` replaces the
-        confluent-kafka producer this would build (tests)."""
+        """``linger_ms`` is librdkafka's (records of one flush share a request);
+        ``batch_linger_ms`` how long readings gather into a batch record. ``config``
+        adds or overrides librdkafka settings; ``client`` replaces the
+        confluent-kafka producer this would build and ``raw_partitions`` the
+        partition count of telemetry.raw it would ask the cluster for (tests)."""
         self.connector = connector
         self._config: dict[str, Any] = {
             **producer_config(
@@ -84,11 +77,13 @@ class RecordProducer:
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
         self._fatal_error: str | None = None
+        self.readings = ReadingBuffer(self, topic=Topics.RAW, partitions=raw_partitions,
+                                      linger_ms=batch_linger_ms, max_readings=batch_max_readings)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, connector: str, **options: Any) -> RecordProducer:
         """A producer for ``connector`` talking to ``settings.kafka_bootstrap``."""
-        options.setdefault("linger_ms", settings.connector_linger_ms)
+        options.setdefault("batch_linger_ms", settings.connector_linger_ms)
         return cls(bootstrap_servers=settings.kafka_bootstrap, connector=connector, **options)
 
     @property
@@ -107,6 +102,7 @@ class RecordProducer:
                 target=self._poll_loop, name=f"kafka-poll-{self.connector}", daemon=True
             )
             self._thread.start()
+            self.readings.start()
         return self
 
     def __enter__(self) -> RecordProducer:
@@ -121,19 +117,23 @@ class RecordProducer:
         key: str | bytes | None,
         value: bytes,
         on_delivery: DeliveryCallback | None = None,
+        *,
+        partition: int = -1,
     ) -> None:
         """Queue one record; ``on_delivery`` learns whether Kafka acknowledged it.
 
-        When librdkafka's local queue is full this waits (serving delivery
-        reports) until there is room: the caller slows down, nothing is dropped.
-        Raises :class:`ProduceError` when Kafka refuses the record outright.
+        ``partition`` -1 lets Kafka's partitioner pick by key. When librdkafka's
+        local queue is full this waits (serving delivery reports) until there is
+        room: the caller slows down, nothing is dropped. Raises
+        :class:`ProduceError` when Kafka refuses the record outright.
         """
         client = self._started()
         report = self._reporter(topic, on_delivery)
         waited = False
         while True:
             try:
-                client.produce(topic, value=value, key=key, on_delivery=report)
+                client.produce(topic, value=value, key=key, on_delivery=report,
+                               partition=partition)
                 return
             except BufferError:
                 if self._closing.is_set():
@@ -147,9 +147,21 @@ class RecordProducer:
             except KafkaException as exc:
                 raise ProduceError(f"Kafka refused a record for {topic}: {exc}") from exc
 
+    def send_reading(self, row: ReadingRow, on_delivery: DeliveryCallback | None = None) -> None:
+        """A reading to ``telemetry.raw``, in the batch record of its device's partition.
+
+        ``on_delivery`` learns what Kafka said of that batch. May wait (once per
+        process) until Kafka told the partition count of ``telemetry.raw``.
+        """
+        self.readings.add(row, on_delivery)
+
     def send_telemetry(self, telemetry: Telemetry, on_delivery: DeliveryCallback | None = None) -> None:
-        """A reading to ``telemetry.raw``, keyed by its device id."""
-        self.produce(Topics.RAW, telemetry.device_id, telemetry.encode(), on_delivery)
+        """A checked reading to ``telemetry.raw``, as :meth:`send_reading`."""
+        self.readings.add(ReadingRow.of(telemetry), on_delivery)
+
+    def partition_count(self, topic: str) -> int:
+        """How many partitions ``topic`` has (asks the cluster; waits up to 10 s)."""
+        return partition_count(self._started(), topic)
 
     def send_dead_letter(
         self, dead_letter: DeadLetter, on_delivery: DeliveryCallback | None = None
@@ -164,15 +176,18 @@ class RecordProducer:
         self.produce(Topics.SYSTEM, event.device_id, event.encode(), on_delivery)
 
     def flush(self, timeout: float = 10.0) -> int:
-        """Wait up to ``timeout`` s for every queued record; returns how many are left."""
+        """Send the gathered readings, then wait up to ``timeout`` s for every queued
+        record; returns how many are left."""
         if self._client is None:
             return 0
+        self.readings.flush()
         return self._client.flush(timeout)
 
     def close(self, timeout: float = 10.0) -> int:
         """Flush, then stop the poll thread; returns the records left undelivered."""
         if self._closing.is_set():
             return 0
+        self.readings.close()
         left = self.flush(timeout)
         self._closing.set()
         if self._thread is not None:

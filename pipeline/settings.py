@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     mqtt_client_id: str = "webscada-connector-mqtt"
+    # MQTT connector processes `webscada run` starts; they share the devices' messages through
+    # the shared subscription $share/{mqtt_share_group}/devices/+/telemetry ("" : a plain one)
+    mqtt_connectors: int = Field(2, ge=1, le=16)
+    mqtt_share_group: str = Field("webscada", pattern=r"^[^/+#]*$")
 
     # API
     api_host: str = "127.0.0.1"
@@ -75,8 +79,9 @@ class Settings(BaseSettings):
     # Kafka records a stream agent takes at once (each record a batch of many readings)
     stream_batch_records: int = Field(100, ge=1)
     sink_batch_within_s: float = Field(0.2, gt=0)
-    # how long a connector's Kafka producer gathers records into one batch: longer means
-    # fewer, bigger batches for the broker and every consumer downstream, for that much latency
+    # how long a connector gathers the readings of a partition into one batch record: longer
+    # means fewer, bigger batches for the broker and every consumer downstream, for that much
+    # latency
     connector_linger_ms: int = Field(20, ge=0, le=1000)
     # validate is on every reading's path to the browser and to every sink: it batches briefly
     validate_batch_within_s: float = Field(0.1, gt=0)

@@ -6,9 +6,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from confluent_kafka import KafkaError
+
+from schemas.batch import decode_batch
+from schemas.records import Telemetry
 
 
 class FakeMessage:
@@ -31,6 +35,7 @@ class Queued:
     key: str | bytes | None
     value: bytes
     on_delivery: Callable[[KafkaError | None, Any], None]
+    partition: int = -1
     reported: bool = False
 
 
@@ -39,17 +44,24 @@ class FakeKafka:
     """Takes records; the test decides when and how each delivery is reported."""
 
     buffer_full: int = 0  # how many produce() calls raise BufferError first
+    partitions: int = 6  # of every topic, as list_topics() tells them
     records: list[Queued] = field(default_factory=list)
     polls: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def produce(self, topic: str, value: bytes, key: str | bytes | None,
-                on_delivery: Callable[[KafkaError | None, Any], None]) -> None:
+                on_delivery: Callable[[KafkaError | None, Any], None], partition: int = -1) -> None:
         with self.lock:
             if self.buffer_full:
                 self.buffer_full -= 1
                 raise BufferError("Local: Queue full")
-            self.records.append(Queued(topic, key, value, on_delivery))
+            self.records.append(Queued(topic, key, value, on_delivery, partition))
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+        """Every topic has ``partitions`` partitions."""
+        partitions = {p: SimpleNamespace(id=p) for p in range(self.partitions)}
+        meta = SimpleNamespace(partitions=partitions, error=None)
+        return SimpleNamespace(topics={topic: meta})
 
     def poll(self, timeout: float = -1) -> int:
         self.polls += 1
@@ -62,7 +74,7 @@ class FakeKafka:
     def deliver(self, index: int, error: KafkaError | None = None) -> None:
         record = self.records[index]
         record.reported = error is None
-        record.on_delivery(error, FakeMessage(record.topic, 0, index))
+        record.on_delivery(error, FakeMessage(record.topic, max(record.partition, 0), index))
 
     def deliver_all(self) -> None:
         for index, record in enumerate(list(self.records)):
@@ -76,12 +88,14 @@ class FakeMqtt:
 
     acks: list[tuple[int, int]] = field(default_factory=list)
     subscriptions: list[tuple[str, int]] = field(default_factory=list)
+    unsubscriptions: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     suppress_exceptions: bool = False
     on_connect: Any = None
     on_disconnect: Any = None
     on_subscribe: Any = None
     on_message: Any = None
+    connect_options: dict[str, Any] = field(default_factory=dict)
 
     def ack(self, mid: int, qos: int) -> int:
         self.acks.append((mid, qos))
@@ -91,14 +105,19 @@ class FakeMqtt:
         self.subscriptions.append((topic, qos))
         return 0, 1
 
+    def unsubscribe(self, topic: str) -> tuple[int, int]:
+        self.unsubscriptions.append(topic)
+        return 0, 2
+
     def enable_logger(self, logger: Any) -> None:
         self.calls.append("enable_logger")
 
     def reconnect_delay_set(self, min_delay: int, max_delay: int) -> None:
         self.calls.append(f"reconnect_delay_set({min_delay}, {max_delay})")
 
-    def connect_async(self, host: str, port: int, keepalive: int) -> None:
+    def connect_async(self, host: str, port: int, keepalive: int, **options: Any) -> None:
         self.calls.append(f"connect_async({host}, {port}, {keepalive})")
+        self.connect_options = options
 
     def loop_start(self) -> None:
         self.calls.append("loop_start")
@@ -108,3 +127,14 @@ class FakeMqtt:
 
     def loop_stop(self) -> None:
         self.calls.append("loop_stop")
+
+
+def raw_readings(kafka: FakeKafka) -> list[Telemetry]:
+    """Every reading of the batch records on telemetry.raw, in record order, decoded as any
+    consumer decodes them."""
+    out: list[Telemetry] = []
+    for record in kafka.records:
+        if record.topic == "telemetry.raw":
+            batch = decode_batch(record.value)
+            out += [batch.telemetry(i) for i in range(len(batch))]
+    return out

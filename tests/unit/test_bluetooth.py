@@ -19,9 +19,10 @@ from connectors.bluetooth import BluetoothConnector, BluetoothDevice, load_devic
 from connectors.codecs import BTHOME_UUID, RUUVI_COMPANY_ID
 from connectors.errors import BluetoothConfigError
 from connectors.producer import RecordProducer
+from pipeline.producer import partition_for
 from schemas.codec import registry
-from schemas.records import DeadLetter, Telemetry
-from tests.unit.fakes import FakeKafka
+from schemas.records import DeadLetter
+from tests.unit.fakes import FakeKafka, raw_readings
 
 THERMO = "A4:C1:38:8D:18:B2"
 SHELLY = "54:48:E6:8F:80:A5"
@@ -69,8 +70,10 @@ def clock() -> Clock:
 
 @pytest.fixture
 def connector(kafka: FakeKafka, clock: Clock) -> Iterator[BluetoothConnector]:
+    # no lingering: each reading is produced (as a batch of one) before the test looks
     producer = RecordProducer(bootstrap_servers="127.0.0.1:1", connector="bluetooth",
-                              poll_interval_s=0.01, client=cast(Producer, kafka)).start()
+                              poll_interval_s=0.01, batch_linger_ms=0, raw_partitions=6,
+                              client=cast(Producer, kafka)).start()
     devices = {
         THERMO: BluetoothDevice(THERMO, "thermo-1"),
         SHELLY: BluetoothDevice(SHELLY, "shelly-ht", bytes.fromhex(KEY)),
@@ -81,13 +84,13 @@ def connector(kafka: FakeKafka, clock: Clock) -> Iterator[BluetoothConnector]:
 
 
 def records(kafka: FakeKafka, topic: str) -> list[Any]:
+    if topic == "telemetry.raw":
+        return list(raw_readings(kafka))
     out: list[Any] = []
     for record in kafka.records:
         if record.topic != topic:
             continue
-        if topic == "telemetry.raw":
-            out.append(Telemetry.decode(record.value))
-        elif topic == "telemetry.dlq":
+        if topic == "telemetry.dlq":
             out.append(DeadLetter.decode(record.value))
         else:
             out.append(registry().decode(record.value, "SystemEvent").record)
@@ -97,7 +100,8 @@ def records(kafka: FakeKafka, topic: str) -> list[Any]:
 def test_bthome_advertisement_becomes_a_reading(connector: BluetoothConnector, kafka: FakeKafka) -> None:
     connector.on_advertisement(*advertisement(THERMO, service=BTHOME_BATTERY_TEMP_HUM, rssi=-71))
     [reading] = records(kafka, "telemetry.raw")
-    assert kafka.records[0].key == "thermo-1"
+    # a batch record: no key, the partition Kafka would give the key "thermo-1"
+    assert (kafka.records[0].key, kafka.records[0].partition) == (None, partition_for("thermo-1", 6))
     assert (reading.device_id, reading.protocol, reading.ts, reading.received_at) == (
         "thermo-1", "bluetooth", T0, T0)
     assert dict(reading.metrics) == {"battery": 93.0, "temperature": 23.97, "humidity": 63.27}
@@ -146,7 +150,7 @@ def test_a_repeated_advertisement_is_one_reading_with_a_stable_message_id(
     # the same bytes first heard at the same moment give the same id (a restarted connector agrees)
     again = FakeKafka()
     producer = RecordProducer(bootstrap_servers="127.0.0.1:1", connector="bluetooth",
-                              client=cast(Producer, again)).start()
+                              client=cast(Producer, again)).start()  # partitions asked, reading lingers
     other = BluetoothConnector(producer=producer, devices={THERMO: BluetoothDevice(THERMO, "thermo-1")},
                                clock=lambda: T0)
     other.on_advertisement(*advertisement(THERMO, service=BTHOME_TEMP_HUM))

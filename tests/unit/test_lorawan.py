@@ -13,11 +13,13 @@ import pytest
 from confluent_kafka import Producer
 
 from connectors.lorawan import SUBSCRIPTION, downlink_topic, send_downlink, translate
-from connectors.mqtt import MqttConnector, OutRecord
+from connectors.mqtt import MqttConnector, Output, OutRecord
 from connectors.producer import RecordProducer
+from connectors.reading import ReadingRow, encode_rows
+from schemas.batch import decode_batch
 from schemas.codec import registry
 from schemas.records import DeadLetter, Telemetry
-from tests.unit.fakes import FakeKafka, FakeMqtt
+from tests.unit.fakes import FakeKafka, FakeMqtt, raw_readings
 from tests.unit.test_mqtt_connector import connect, message, on_topic
 
 APP = "17c82e96-be03-4f38-aef3-f83d48582d97"
@@ -45,20 +47,25 @@ RECEIVED = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 TOPIC = f"application/{APP}/device/{DEV}/event/"
 
 
-def run(event_type: str, body: dict[str, Any] | bytes) -> list[OutRecord]:
+def run(event_type: str, body: dict[str, Any] | bytes) -> list[Any]:
     payload = body if isinstance(body, bytes) else json.dumps(body).encode()
     return translate(TOPIC + event_type, payload, RECEIVED)
 
 
-def system(record: OutRecord) -> dict[str, Any]:
-    assert record.topic == "system"
+def system(record: Output) -> dict[str, Any]:
+    assert isinstance(record, OutRecord) and record.topic == "system"
     return registry().decode(record.value, "SystemEvent").record
+
+
+def reading_of(output: Output) -> Telemetry:
+    """A reading for telemetry.raw, as its batch record carries it."""
+    assert isinstance(output, ReadingRow)
+    return decode_batch(encode_rows([output])).telemetry(0)
 
 
 def test_uplink_with_lpp_data_becomes_a_reading() -> None:
     (raw,) = run("up", UP)
-    assert (raw.topic, raw.key, raw.reject_code) == ("telemetry.raw", DEV, None)
-    reading = Telemetry.decode(raw.value)
+    reading = reading_of(raw)
     assert reading.to_json() == {
         "device_id": DEV, "protocol": "lorawan", "ts": "2022-07-18T09:34:15.775023Z",
         "received_at": "2024-05-01T12:00:00.000000Z",
@@ -75,7 +82,7 @@ def test_uplink_decoded_by_chirpstack_uses_object_and_dead_letters_text_leaves()
                                              "firmware": "1.2.0"}}
     event.pop("deduplicationId")
     raw, dlq = run("up", event)
-    reading = Telemetry.decode(raw.value)
+    reading = reading_of(raw)
     assert dict(reading.metrics) == {"temperatureSensor_3": 27.2, "valve": 1.0}
     assert reading.message_id == f"{DEV}-10"  # no deduplicationId: devEUI + fCnt
     assert (dlq.topic, dlq.key, dlq.reject_code) == ("telemetry.dlq", DEV, "rejected_fields")
@@ -114,7 +121,7 @@ def test_status_event_is_a_system_event_and_a_battery_reading() -> None:
     assert system(sys_record)["kind"] == "status"
     assert system(sys_record)["message"] == "ChirpStack status event: batteryLevel=87.5, margin=7"
     assert system(sys_record)["attributes"]["application_id"] == APP
-    reading = Telemetry.decode(raw.value)
+    reading = reading_of(raw)
     assert (reading.message_id, dict(reading.metrics), reading.metadata.battery_level) == (
         "5b8c-status", {"margin": 7.0}, 87.5)
     assert reading.ts == datetime(2022, 7, 18, 9, 40, tzinfo=UTC)
@@ -183,7 +190,8 @@ def test_downlink_topic_refuses_what_cannot_be_a_topic(app: str, dev_eui: str) -
 def test_connector_acks_a_chirpstack_event_only_after_kafka_took_every_record() -> None:
     kafka, mqtt = FakeKafka(), FakeMqtt()
     producer = RecordProducer(bootstrap_servers="127.0.0.1:1", connector="lorawan",
-                              poll_interval_s=0.01, client=cast(Producer, kafka)).start()
+                              poll_interval_s=0.01, batch_linger_ms=0, raw_partitions=6,
+                              client=cast(Producer, kafka)).start()
     connector = MqttConnector(producer=producer, client_id="unit", protocol="lorawan",
                               subscription=SUBSCRIPTION, translator=translate,
                               client=cast(paho.Client, mqtt))
@@ -196,6 +204,7 @@ def test_connector_acks_a_chirpstack_event_only_after_kafka_took_every_record() 
         (sys_index,) = [i for i in on_topic(kafka, "system")
                         if registry().decode(kafka.records[i].value).record["kind"] == "status"]
         (raw_index,) = on_topic(kafka, "telemetry.raw")
+        assert [r.metrics for r in raw_readings(kafka)] == [{"margin": 3.0}]
         kafka.deliver(raw_index)
         assert mqtt.acks == []
         kafka.deliver(sys_index)

@@ -1,12 +1,15 @@
 """The MQTT connector's contract, with Kafka and the broker connection faked.
 
 Above all: a message is acknowledged to the broker only after Kafka took every
-record made from it, and in the order the messages arrived.
+record made from it (its reading's batch record, its dead letter), and in the
+order the messages arrived.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from datetime import datetime
 from typing import cast
 
 import paho.mqtt.client as paho
@@ -15,12 +18,15 @@ from confluent_kafka import KafkaError, Producer
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from connectors.mqtt import MqttConnector
+from connectors.mqtt import SESSION_EXPIRY_S, MqttConnector
+from connectors.payload import ParsedReading, parse_reading
 from connectors.producer import RecordProducer
+from pipeline.producer import partition_for
+from schemas.batch import decode_batch
 from schemas.codec import registry
-from schemas.records import DeadLetter, Telemetry
+from schemas.records import DeadLetter
 from tests.conftest import wait_until
-from tests.unit.fakes import FakeKafka, FakeMqtt
+from tests.unit.fakes import FakeKafka, FakeMqtt, raw_readings
 
 GOOD = b'{"messageId": "m-1", "timestamp": 1714564800000, "telemetry": {"temperature": 21.5}}'
 TOPIC = "devices/dev-1/telemetry"
@@ -59,9 +65,13 @@ def mqtt() -> FakeMqtt:
     return FakeMqtt()
 
 
-def started(kafka: FakeKafka, mqtt: FakeMqtt, **options: object) -> MqttConnector:
+def started(kafka: FakeKafka, mqtt: FakeMqtt, linger_ms: float = 0,
+            **options: object) -> MqttConnector:
+    """A connector on a producer that sends each reading at once (as a batch of one) unless
+    ``linger_ms`` is given."""
     producer = RecordProducer(bootstrap_servers="127.0.0.1:1", connector="mqtt",
-                              poll_interval_s=0.01, client=cast(Producer, kafka)).start()
+                              poll_interval_s=0.01, batch_linger_ms=linger_ms, raw_partitions=6,
+                              client=cast(Producer, kafka)).start()
     connector = MqttConnector(producer=producer, client_id="unit", retry_delay_s=0.0,
                               client=cast(paho.Client, mqtt), **options)  # type: ignore[arg-type]
     connector.start()
@@ -81,7 +91,11 @@ def test_start_connects_in_the_background_and_subscribes_at_qos1(
 ) -> None:
     assert mqtt.calls == ["enable_logger", "reconnect_delay_set(1, 30)",
                           "connect_async(127.0.0.1, 1883, 30)", "loop_start"]
+    # a persistent MQTT 5 session: kept by the broker while the connector is away
+    assert mqtt.connect_options["clean_start"] is False
+    assert mqtt.connect_options["properties"].SessionExpiryInterval == SESSION_EXPIRY_S
     assert mqtt.subscriptions == [("devices/+/telemetry", 1)]
+    assert mqtt.unsubscriptions == []
     assert connector.wait_connected(0)
     (up,) = on_topic(kafka, "system")
     assert kafka.records[up].key is None
@@ -98,8 +112,8 @@ def test_reading_is_acknowledged_only_after_kafka_took_it(
     mqtt.on_message(mqtt, None, message(7, GOOD))
     (raw,) = on_topic(kafka, "telemetry.raw")
     record = kafka.records[raw]
-    assert record.key == "dev-1"
-    telemetry = Telemetry.decode(record.value)
+    assert (record.key, record.partition) == (None, partition_for("dev-1", 6))
+    (telemetry,) = raw_readings(kafka)
     assert (telemetry.device_id, telemetry.protocol, telemetry.message_id,
             dict(telemetry.metrics)) == ("dev-1", "mqtt", "m-1", {"temperature": 21.5})
     assert mqtt.acks == []
@@ -244,10 +258,66 @@ def test_prefix_and_protocol_are_parameters(kafka: FakeKafka, mqtt: FakeMqtt) ->
     assert mqtt.subscriptions == [("gsm/+/telemetry", 1)]
     mqtt.on_message(mqtt, None, message(1, GOOD, topic="gsm/modem-4/telemetry"))
     mqtt.on_message(mqtt, None, message(2, b"[]", topic="gsm/modem-4/telemetry"))
-    (raw,) = on_topic(kafka, "telemetry.raw")
-    telemetry = Telemetry.decode(kafka.records[raw].value)
+    (telemetry,) = raw_readings(kafka)
     assert (telemetry.device_id, telemetry.protocol) == ("modem-4", "gsm")
     (dlq,) = on_topic(kafka, "telemetry.dlq")
     dead = DeadLetter.decode(kafka.records[dlq].value)
     assert (dead.stage, dead.source_topic) == ("connector.gsm", "mqtt:gsm/modem-4/telemetry")
+    connector.stop(timeout=0)
+
+
+def test_readings_of_a_partition_share_one_record_and_are_acknowledged_together(
+    kafka: FakeKafka, mqtt: FakeMqtt
+) -> None:
+    connector = started(kafka, mqtt, linger_ms=60_000)  # only the stop sends them
+    connect(mqtt)
+    for mid in (1, 2, 3):
+        mqtt.on_message(mqtt, None, message(mid, GOOD.replace(b"m-1", f"m-{mid}".encode())))
+    mqtt.on_message(mqtt, None, message(4, b'{"mode": "auto"}'))  # no reading: only a dead letter
+    assert on_topic(kafka, "telemetry.raw") == []
+    (dlq,) = on_topic(kafka, "telemetry.dlq")
+    kafka.deliver(dlq)
+    assert mqtt.acks == []  # message 4 waits for the three before it
+    cast(RecordProducer, connector._producer).readings.flush()
+    (raw,) = on_topic(kafka, "telemetry.raw")
+    batch = decode_batch(kafka.records[raw].value)
+    assert (batch.device_id, batch.message_id) == (["dev-1"] * 3, ["m-1", "m-2", "m-3"])
+    kafka.deliver(raw)
+    assert mqtt.acks == [(1, 1), (2, 1), (3, 1), (4, 1)]
+    connector.stop(timeout=0)
+
+
+def test_a_reading_kafka_cannot_take_goes_to_the_dlq_in_its_place(
+    kafka: FakeKafka, mqtt: FakeMqtt
+) -> None:
+    def parser(payload: bytes, device_id: str, received_at: datetime) -> ParsedReading:
+        # a parser that lets through text UTF-8 cannot hold (the payload parser refuses it)
+        parsed = parse_reading(payload, device_id=device_id, protocol="mqtt",
+                               received_at=received_at)
+        assert parsed.row is not None
+        return dataclasses.replace(parsed, row=parsed.row._replace(status="\ud800"))
+
+    connector = started(kafka, mqtt, parser=parser)
+    connect(mqtt)
+    mqtt.on_message(mqtt, None, message(8, GOOD))
+    assert on_topic(kafka, "telemetry.raw") == []
+    (dlq,) = wait_until(lambda: on_topic(kafka, "telemetry.dlq"), timeout=5, what="dead letter")
+    refused = DeadLetter.decode(kafka.records[dlq].value)
+    assert (refused.details["code"], refused.payload, refused.device_id) == ("refused", GOOD, "dev-1")
+    assert refused.reason.startswith("reading not accepted for Kafka: reading cannot be encoded")
+    assert mqtt.acks == []
+    kafka.deliver(dlq)
+    assert mqtt.acks == [(8, 1)]
+    connector.stop(timeout=0)
+
+
+def test_shared_subscription_and_a_session_from_before_it(kafka: FakeKafka, mqtt: FakeMqtt) -> None:
+    connector = started(kafka, mqtt, shared_group="webscada")
+    connect(mqtt)  # the broker had a session of this client id
+    assert mqtt.subscriptions == [("$share/webscada/devices/+/telemetry", 1)]
+    # its old plain subscription would deliver every message a second time
+    assert mqtt.unsubscriptions == ["devices/+/telemetry"]
+    mqtt.on_message(mqtt, None, message(5, GOOD))  # messages arrive under their own topic
+    (telemetry,) = raw_readings(kafka)
+    assert telemetry.device_id == "dev-1"
     connector.stop(timeout=0)

@@ -27,6 +27,7 @@ from connectors.payload import (
     derive_message_id,
     parse_reading,
 )
+from connectors.reading import ReadingRow
 from schemas.records import DeadLetter, Location, Telemetry, TelemetryMetadata
 
 RECEIVED = datetime(2024, 5, 1, 12, 0, 5, tzinfo=UTC)
@@ -50,6 +51,11 @@ def reading(metrics: dict[str, float], message_id: str, **fields: object) -> Tel
     return Telemetry(**values)  # type: ignore[arg-type]
 
 
+def row(metrics: dict[str, float], message_id: str, **fields: object) -> ReadingRow:
+    """The row of that reading: what the parser hands on to the batches."""
+    return ReadingRow.of(reading(metrics, message_id, **fields))
+
+
 SEED = (
     b'{"timestamp": 1714564800000, "telemetry": {"temperature": 21.5, "humidity": 40},'
     b' "metadata": {"signalStrength": -67, "batteryLevel": 88, "snr": 7.5,'
@@ -63,7 +69,7 @@ def test_seed_structure() -> None:
         device_id="pump-7",
         message_id="eab61f54-004f-55fa-bb13-5b91adfdc0f5",
         payload=SEED,
-        telemetry=reading(
+        row=row(
             {"temperature": 21.5, "humidity": 40.0},
             "eab61f54-004f-55fa-bb13-5b91adfdc0f5",
             application_id="plant-a",
@@ -87,7 +93,7 @@ def test_flat_object_of_numbers() -> None:
     result = parse(payload, message_id="hint-1")
     assert result == ParsedReading(
         "pump-7", "hint-1", payload,
-        reading({"temperature": 21.5, "flow": -3.0}, "hint-1"),
+        row({"temperature": 21.5, "flow": -3.0}, "hint-1"),
     )
 
 
@@ -109,7 +115,7 @@ def test_booleans_become_zero_and_one() -> None:
 )
 def test_status_string_is_kept_as_status(payload: bytes) -> None:
     assert parse(payload) == ParsedReading(
-        "pump-7", "m1", payload, reading({"level": 3.0}, "m1", status="ok")
+        "pump-7", "m1", payload, row({"level": 3.0}, "m1", status="ok")
     )
 
 
@@ -130,7 +136,7 @@ def test_non_numeric_fields_are_dropped_and_reported() -> None:
     )
     result = parse(payload)
     assert result == ParsedReading(
-        "pump-7", "m1", payload, reading({"temperature": 21.5}, "m1"), rejected
+        "pump-7", "m1", payload, row({"temperature": 21.5}, "m1"), rejected
     )
     assert result.reject_code == "rejected_fields"
     assert result.dead_letter(
@@ -296,7 +302,7 @@ def test_no_timestamp_uses_received_at() -> None:
     payload = b'{"temperature": 21.5}'
     assert parse(payload) == ParsedReading(
         "pump-7", "935d9cb8-365a-5d3e-9ca0-b30bb0412573", payload,
-        reading({"temperature": 21.5}, "935d9cb8-365a-5d3e-9ca0-b30bb0412573", ts=RECEIVED),
+        row({"temperature": 21.5}, "935d9cb8-365a-5d3e-9ca0-b30bb0412573", ts=RECEIVED),
     )
 
 
@@ -414,3 +420,37 @@ def test_arbitrary_json_objects_give_a_result_or_a_payload_error(obj: dict[str, 
     assert (result.telemetry is None) == (result.reject_code == "no_valid_metric")
     if result.reject_code is not None:
         assert result.dead_letter(stage="connector.mqtt", source_topic=SOURCE) is not None
+
+
+# --- JSON read by orjson, exactly as json reads it --------------------------------------------
+
+
+def test_json_beyond_orjson_reads_as_json_reads_it() -> None:
+    # an integer beyond 64 bits stays exact (orjson would make it a float)
+    big = 123456789012345678901234567890
+    assert parse(b'{"t": 1, "messageId": %d}' % big).message_id == str(big)
+    # NaN and 1e400 are values that are not numbers, not a payload that is not JSON
+    assert parse(b'{"t": 1, "a": NaN, "b": -Infinity}').rejected == (
+        RejectedField("a", "nan is not a finite number"),
+        RejectedField("b", "-inf is not a finite number"))
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    (b'{"t": 1, "status": "\\ud800"}', "payload is not JSON: no low surrogate in string at byte 20"),
+    (b'{"t": 1, "x": NaN, "status": "\\udc00"}',
+     "payload is not JSON: a string holds a lone surrogate '\\udc00'"),
+    (b'\xef\xbb\xbf{"t": 1}', "payload is not JSON: Unexpected UTF-8 BOM (decode using utf-8-sig)"),
+], ids=["lone-surrogate", "nan-then-lone-surrogate", "bom"])
+def test_text_no_record_can_hold_is_not_json(payload: bytes, message: str) -> None:
+    with pytest.raises(NotJsonError) as caught:
+        parse(payload)
+    assert str(caught.value).startswith(message)
+
+
+def test_the_row_is_the_checked_reading() -> None:
+    result = parse(SEED)
+    assert result.row is not None and result.telemetry is not None
+    assert ReadingRow.of(result.telemetry) == result.row
+    assert (result.row.ts, result.row.meta, result.row.gateway_id) == (
+        1714564800000000, {"signal_strength": -67.0, "battery_level": 88.0, "snr": 7.5,
+                           "lat": 52.1, "lon": 4.3}, "gw-1")

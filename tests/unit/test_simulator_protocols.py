@@ -14,6 +14,8 @@ from connectors.codecs import decode_lpp
 from connectors.errors import PayloadError
 from connectors.gsm import imei_is_valid, parse_gsm_reading
 from connectors.lorawan import translate
+from connectors.mqtt import OutRecord
+from connectors.reading import ReadingRow
 from connectors.simulator import SIM_PROTOCOLS, build_fleet
 from schemas.records import Telemetry
 
@@ -58,10 +60,10 @@ def _gsm(topic: str, payload: bytes, device_id: str) -> Telemetry | None:
 
 
 def _lorawan(topic: str, payload: bytes, device_id: str) -> Telemetry | None:
-    records = translate(topic, payload, RECEIVED)
-    if any(r.topic == "telemetry.dlq" for r in records):
+    outputs = translate(topic, payload, RECEIVED)
+    if any(isinstance(r, OutRecord) and r.topic == "telemetry.dlq" for r in outputs):
         return None
-    raw = [Telemetry.decode(r.value) for r in records if r.topic == "telemetry.raw"]
+    raw = [r.telemetry() for r in outputs if isinstance(r, ReadingRow)]
     return raw[0] if raw else None
 
 
@@ -73,7 +75,7 @@ def _api(protocol: str):  # type: ignore[no-untyped-def]
                                         received_at=RECEIVED, application_id="simulation")
         except InvalidReadings:
             return None
-        return reading
+        return reading.telemetry()
     return parse
 
 

@@ -135,6 +135,7 @@ def main(settings: Settings) -> int:
         port=settings.api_port,
         log_level=settings.log_level.lower(),
         lifespan="on",
+        loop="uvloop",  # cheaper callbacks and sockets than asyncio's own loop
         ws="websockets-sansio",
         proxy_headers=False,
     )

@@ -4,7 +4,8 @@ The body is the MQTT device body (:mod:`connectors.payload`) or a JSON array of
 such readings (at most ``max_readings``). Answers:
 
 - ``202 {"accepted": n, "message_ids": [...]}`` only after Kafka acknowledged
-  every reading on ``telemetry.raw``;
+  the readings on ``telemetry.raw`` (all of a request in one ``TelemetryBatch``
+  record, in the partition of the device);
 - ``401`` no or unknown ``X-API-Key``, ``403`` the key of another device;
 - ``413`` a body over ``max_body_bytes`` (by ``Content-Length`` or as streamed);
 - ``422`` a reading that is not entirely valid; nothing of the request is kept
@@ -46,11 +47,19 @@ from api.openapi import describe
 from api.ratelimit import hit
 from api.readings import InvalidReadings, parse_readings
 from api.services import services_of
-from connectors.metrics import DELIVERY_FAILURES, MESSAGES_RECEIVED, MESSAGES_REJECTED, RECORDS_PRODUCED
+from connectors.metrics import (
+    DELIVERY_FAILURES,
+    MESSAGES_RECEIVED,
+    MESSAGES_REJECTED,
+    READINGS_PRODUCED,
+    RECORDS_PRODUCED,
+)
 from connectors.payload import MAX_PAYLOAD_BYTES
-from pipeline.producer import Outgoing
+from connectors.reading import ReadingRow, encode_rows
+from pipeline.producer import Outgoing, partition_for
 from pipeline.settings import Settings, Topics
-from schemas.records import DEVICE_ID_PATTERN, Telemetry, iso_utc, utcnow
+from schemas.errors import MalformedRecordError
+from schemas.records import DEVICE_ID_PATTERN, iso_utc, utcnow
 
 __all__ = [
     "IDEMPOTENCY_HEADER",
@@ -158,8 +167,12 @@ async def accept_readings(
     received_at: datetime,
     idempotency_key: str | None,
     max_readings: int,
-) -> list[Telemetry]:
-    """Parse ``body`` and return once Kafka acknowledged every reading; 422/503 otherwise."""
+) -> list[ReadingRow]:
+    """Parse ``body`` and return once Kafka acknowledged its readings; 422/503 otherwise.
+
+    The readings go as one ``TelemetryBatch`` record, without key, to the partition
+    of ``device_id`` (where batches of other connectors put that device's readings).
+    """
     MESSAGES_RECEIVED.labels(protocol).inc()
     try:
         readings = parse_readings(
@@ -170,14 +183,22 @@ async def accept_readings(
     except InvalidReadings as exc:
         MESSAGES_REJECTED.labels(protocol, exc.code).inc()
         raise IngestRefused(422, "invalid reading", exc.detail()) from exc
-    records = [Outgoing(Topics.RAW, device_id.encode(), t.encode()) for t in readings]
     try:
-        await producer.send(records)
+        value = encode_rows(readings)
+    except MalformedRecordError as exc:  # e.g. text the JSON fallback let through
+        MESSAGES_REJECTED.labels(protocol, "refused").inc()
+        raise IngestRefused(422, "invalid reading", {
+            "field": "body", "message": f"the readings cannot be stored: {exc}"}) from exc
+    try:
+        partitions = await producer.partitions(Topics.RAW)
+        await producer.send([Outgoing(Topics.RAW, None, value,
+                                      partition_for(device_id, partitions))])
     except KafkaUnavailable as exc:
-        DELIVERY_FAILURES.labels(protocol, Topics.RAW).inc(len(records))
+        DELIVERY_FAILURES.labels(protocol, Topics.RAW).inc()
         raise IngestRefused(503, "Kafka unavailable", f"{exc}; retry with the same "
                             f"{IDEMPOTENCY_HEADER}", {"Retry-After": "1"}) from exc
-    RECORDS_PRODUCED.labels(protocol, Topics.RAW).inc(len(records))
+    RECORDS_PRODUCED.labels(protocol, Topics.RAW).inc()
+    READINGS_PRODUCED.labels(protocol).inc(len(readings))
     return readings
 
 

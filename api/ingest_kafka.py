@@ -29,7 +29,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from pipeline.producer import Outgoing, producer_config
+from pipeline.producer import Outgoing, partition_count, producer_config
 
 __all__ = ["IngestProducer", "KafkaUnavailable"]
 
@@ -79,6 +79,7 @@ class IngestProducer:
         self._down = asyncio.Event()
         self._fatal = False
         self._last_probe = 0.0
+        self._partitions: dict[str, int] = {}
 
     @property
     def available(self) -> bool:
@@ -108,6 +109,21 @@ class IngestProducer:
             if left:
                 log.warning("ingest producer closed with %d records undelivered", left)
 
+    async def partitions(self, topic: str) -> int:
+        """How many partitions ``topic`` has: asked once (within ``ack_timeout_s``), then
+        remembered. Raises :class:`KafkaUnavailable` when Kafka does not say in time."""
+        known = self._partitions.get(topic)
+        if known is not None:
+            return known
+        producer = self._current()
+        try:
+            count = await asyncio.to_thread(partition_count, producer, topic,
+                                            timeout_s=self.ack_timeout_s)
+        except KafkaException as exc:
+            raise KafkaUnavailable(f"Kafka did not tell the partitions of {topic}: {exc}") from exc
+        self._partitions[topic] = count
+        return count
+
     async def send(self, records: Sequence[Outgoing]) -> None:
         """Produce ``records``; return once Kafka acknowledged all of them.
 
@@ -128,6 +144,7 @@ class IngestProducer:
             report: asyncio.Future[str | None] = loop.create_future()
             try:
                 producer.produce(record.topic, record.value, record.key,
+                                 partition=record.partition,
                                  on_delivery=self._reporter(loop, report))
             except BufferError as exc:
                 raise KafkaUnavailable("the producer's queue is full") from exc

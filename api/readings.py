@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from connectors._json import loads
 from connectors._values import kind
 from connectors.errors import BadMessageIdError, BadTimestampError, PayloadError
 from connectors.payload import load_object, reading_from_object
-from schemas.records import Telemetry
+from connectors.reading import ReadingRow
 
 __all__ = ["FieldError", "InvalidReadings", "parse_readings"]
 
@@ -71,15 +72,15 @@ def parse_readings(
     application_id: str | None,
     idempotency_key: str | None = None,
     max_readings: int = 100,
-) -> list[Telemetry]:
-    """Every reading of ``body``, or :class:`InvalidReadings`.
+) -> list[ReadingRow]:
+    """Every reading of ``body`` (as rows for one batch record), or :class:`InvalidReadings`.
 
     ``idempotency_key`` becomes the message id (``{key}-{i}`` in an array) and wins
     over a ``messageId`` of the body. Without either, the id is derived from the
     reading's bytes (and ``received_at`` when it carries no timestamp).
     """
     items, single = _items(body, max_readings)
-    readings: list[Telemetry] = []
+    readings: list[ReadingRow] = []
     errors: list[FieldError] = []
     code: str | None = None
     for index, item in enumerate(items):
@@ -106,12 +107,12 @@ def parse_readings(
             code = code or exc.code
             continue
         errors.extend(FieldError(at, f.name, f.reason) for f in parsed.rejected)
-        if parsed.telemetry is None:
+        if parsed.row is None:
             if not parsed.rejected:
                 errors.append(FieldError(at, "telemetry", "the reading has no metric"))
             code = code or "no_valid_metric"
         else:
-            readings.append(parsed.telemetry)
+            readings.append(parsed.row)
     if errors:
         raise InvalidReadings(errors, code or "rejected_fields")
     return readings
@@ -124,17 +125,9 @@ def _items(body: bytes, max_readings: int) -> tuple[list[Any], bool]:
         except PayloadError as exc:
             raise InvalidReadings([FieldError(None, "body", str(exc))], exc.code) from exc
     try:
-        value = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise InvalidReadings([FieldError(None, "body", f"body is not UTF-8 text at byte {exc.start}")],
-                              "not_json") from exc
-    except json.JSONDecodeError as exc:
-        at = len(exc.doc[: exc.pos].encode("utf-8"))
-        raise InvalidReadings([FieldError(None, "body", f"body is not JSON: {exc.msg} at byte {at}")],
-                              "not_json") from exc
-    except (ValueError, RecursionError) as exc:
-        raise InvalidReadings([FieldError(None, "body", f"body is not JSON: {exc}")],
-                              "not_json") from exc
+        value = loads(body, what="body")
+    except PayloadError as exc:
+        raise InvalidReadings([FieldError(None, "body", str(exc))], exc.code) from exc
     if not isinstance(value, list):  # e.g. "[1] x" is caught above; kept for safety
         raise InvalidReadings([FieldError(None, "body", "body must be a reading or an array")],
                               "not_an_object")

@@ -25,7 +25,8 @@ from api.device_keys import hash_api_key, new_api_key
 from api.ingest import IngestConfig, IngestState, ingest_config, ingest_routes
 from api.ingest_kafka import IngestProducer, KafkaUnavailable
 from api.readings import InvalidReadings, parse_readings
-from pipeline.producer import Outgoing
+from pipeline.producer import Outgoing, partition_for
+from schemas.batch import decode_batch
 from schemas.records import Telemetry
 
 RECEIVED = datetime(2024, 5, 1, 12, 0, 1, tzinfo=UTC)
@@ -36,7 +37,7 @@ def readings(body: object, **options: Any) -> list[Telemetry]:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     options = {"device_id": "esp-1", "protocol": "http", "received_at": RECEIVED,
                "application_id": "plant-a", **options}
-    return parse_readings(raw, **options)
+    return [row.telemetry() for row in parse_readings(raw, **options)]
 
 
 def refusal(body: object, **options: Any) -> dict[str, Any]:
@@ -96,6 +97,21 @@ def test_errors_of_an_array_name_the_index() -> None:
      "location (91.0, 0.0) is out of range"),
 ])
 def test_invalid_bodies(body: object, field: str, message: str) -> None:
+    detail = refusal(body)
+    assert detail["field"] == field
+    assert detail["message"].startswith(message)
+
+
+@pytest.mark.parametrize(("body", "field", "message"), [
+    # no UTF-8 text can hold a lone surrogate, so no record can
+    (b'{"t": 1, "status": "\\ud800"}', "body", "payload is not JSON: no low surrogate in string"),
+    (b'[{"t": 1, "status": "\\udc00"}]', "body", "body is not JSON:"),
+    # json reads NaN and 1e400 (orjson does not): they are values that are not numbers
+    (b'{"t": NaN}', "t", "nan is not a finite number"),
+    (b'[{"t": 1}, {"t": 1e400}]', "[1].t", "inf is not a finite number"),
+    (b'\xef\xbb\xbf{"t": 1}', "body", "payload is not JSON: Unexpected UTF-8 BOM"),
+])
+def test_json_that_orjson_and_json_read_differently(body: bytes, field: str, message: str) -> None:
     detail = refusal(body)
     assert detail["field"] == field
     assert detail["message"].startswith(message)
@@ -168,6 +184,11 @@ class FakeProducer:
     sent: list[Outgoing] = field(default_factory=list)
     down: bool = False
 
+    async def partitions(self, topic: str) -> int:
+        if self.down:
+            raise KafkaUnavailable(f"Kafka did not tell the partitions of {topic}")
+        return 6
+
     async def send(self, records: Sequence[Outgoing]) -> None:
         if self.down:
             raise KafkaUnavailable("no Kafka broker is reachable")
@@ -198,8 +219,14 @@ async def test_accepted_readings_are_in_kafka_before_the_202(app: Any) -> None:
     response = await post(client, [{"t": 1}, {"t": 2}], **{"X-API-Key": KEY, "Idempotency-Key": "r-1"})
     assert (response.status_code, response.json()) == (
         202, {"accepted": 2, "message_ids": ["r-1-0", "r-1-1"]})
-    assert [(r.topic, r.key) for r in producer.sent] == [("telemetry.raw", b"esp-1")] * 2
-    assert Telemetry.decode(producer.sent[0].value).application_id == "plant-a"
+    # one batch record for the request, in the partition Kafka gives the key "esp-1"
+    (record,) = producer.sent
+    assert (record.topic, record.key, record.partition) == (
+        "telemetry.raw", None, partition_for("esp-1", 6))
+    batch = decode_batch(record.value)
+    assert (batch.message_id, batch.application_id, batch.protocol) == (
+        ["r-1-0", "r-1-1"], ["plant-a"] * 2, ["http"] * 2)
+    assert [dict(m) for m in batch.metrics] == [{"t": 1.0}, {"t": 2.0}]
 
 
 async def test_a_retry_with_the_same_key_gives_identical_records(app: Any) -> None:
@@ -258,6 +285,14 @@ async def test_kafka_down_is_503_with_retry_after(app: Any) -> None:
     response = await post(client, {"t": 1}, **{"X-API-Key": KEY})
     assert (response.status_code, response.json()["error"], response.headers["retry-after"]) == (
         503, "Kafka unavailable", "1")
+
+
+async def test_bad_json_is_a_4xx_never_a_500(app: Any) -> None:
+    client, producer, _ = app
+    for body in (b'{"t": 1, "status": "\\ud800"}', b'[{"t": NaN}]', b"\xff"):  # 3: the rate limit
+        response = await post(client, body, **{"X-API-Key": KEY})
+        assert (response.status_code, response.json()["error"]) == (422, "invalid reading"), body
+    assert producer.sent == []
 
 
 async def test_bad_device_id_is_422_once_a_key_is_given(app: Any) -> None:

@@ -1,13 +1,14 @@
-"""``make bench``: every benchmark in one run, against the local stack (started if down).
+"""``make bench``: the pipeline measured against the local stack (started if down).
 
-Sections, in order: the reference workload (before), the machine's Kafka
-ceiling (raw confluent-kafka and Kafka's own producer performance tool), the
-sink batching matrix, the stage ladder, the open-loop end-to-end runs over MQTT
-and HTTP, and the reference workload again (after). Prints each figure as it
-comes and a summary with the ratios and the issue's targets, and writes all of
-it to ``bench/results/bench-<time>.json`` (and ``latest.json``).
+Sections, in order: the reference workload (before); the raw Kafka rate of
+this machine (``ceiling``); the pipeline alone, telemetry.raw pre-filled and
+drained into all three stores (``drain``); end to end over MQTT and HTTP with
+the cheap load generator (``mqtt``, ``http``); the reference workload again
+(after). Every figure is printed as it comes; then the headline table (issue
+10's targets, measured); everything goes to ``bench/results/bench-<time>.json``
+(and ``latest.json``). What each section measures and how: docs/performance.md.
 
-    .venv/bin/python -m bench [--quick] [--only SECTION ...]
+    .venv/bin/python -m bench [--quick] [--only ceiling drain mqtt http] [--connectors N]
 """
 
 from __future__ import annotations
@@ -19,21 +20,18 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from bench import ceiling, e2e, ladder, reference, sinks
+from bench import ceiling, drain, e2e, headline, reference
 from bench.common import RESULTS
+from bench.pipeline import Pipeline
 from infra import stack
 from pipeline.settings import ROOT, Settings
 
-SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
-    "ceiling": ceiling.run,
-    "sinks": sinks.run,
-    "ladder": ladder.run,
-    "e2e": e2e.run,
-}
+SECTIONS = ("ceiling", "drain", "mqtt", "http")
+
 
 def _machine() -> dict[str, Any]:
     model = ""
@@ -54,89 +52,31 @@ def _machine() -> dict[str, Any]:
             "memory_gib": round(memory_kb / 2**20, 1), "python": platform.python_version(),
             "kernel": platform.release(), "commit": commit,
             "note": "every service (Kafka, PostgreSQL, Redis, InfluxDB, Mosquitto), the pipeline "
-                    "and the simulated devices share this machine"}
+                    "and the load generator share this machine"}
 
 
-def summarise(results: dict[str, Any]) -> dict[str, Any]:
-    """Ratios, normalised figures and the targets, from the sections that ran."""
-    summary: dict[str, Any] = {}
-    before, after = results.get("reference_before"), results.get("reference_after")
-    if before and after:
-        summary["reference_drift"] = round(after["records_per_cpu_second"]
-                                           / before["records_per_cpu_second"] - 1, 3)
-        reference_rate = (before["records_per_cpu_second"] + after["records_per_cpu_second"]) / 2
-    else:
-        reference_rate = None
-    run = results.get("e2e")
-    if run:
-        best = max(run["mqtt"]["best_rate_p99_under_1s"], run["http"]["best_rate_p99_under_1s"])
-        summary["best_rate"] = {"mqtt": run["mqtt"]["best_rate_p99_under_1s"],
-                                "http": run["http"]["best_rate_p99_under_1s"]}
-        summary["browser_p99_ms_at_half_rate"] = {
-            "mqtt": run["mqtt"]["browser_p99_ms_at_half_rate"],
-            "http": run["http"]["browser_p99_ms_at_half_rate"]}
-        summary["worker_rss_mb"] = run["peak_rss_mb"]["worker"]
-        summary["worker_pss_mb"] = run["peak_pss_mb"].get("worker")
-        if reference_rate:
-            # readings/s per 1,000 reference encodes per CPU-second: comparable across machines
-            summary["best_rate_per_reference_k"] = round(best / (reference_rate / 1000), 2)
-        raw = (results.get("ceiling") or {}).get("raw") or {}
-        perf = (results.get("ceiling") or {}).get("perf_tool") or {}
-        if raw.get("produce_consume_rate"):
-            summary["share_of_raw_produce_consume"] = round(best / raw["produce_consume_rate"], 4)
-        if perf.get("records_per_second"):
-            summary["share_of_perf_tool"] = round(best / perf["records_per_second"], 4)
-        browser_half = [v for v in summary["browser_p99_ms_at_half_rate"].values() if v is not None]
-        summary["targets"] = {
-            "readings_per_s_all_sinks_alarms_on": {"target": 5000, "measured": best,
-                                                   "met": best >= 5000},
-            "browser_p99_ms_at_half_rate": {"target": 500, "measured": min(browser_half, default=None),
-                                            "met": bool(browser_half) and min(browser_half) < 500},
-            "share_of_raw_ceiling": {"target": 0.25,
-                                     "measured": summary.get("share_of_raw_produce_consume"),
-                                     "met": (summary.get("share_of_raw_produce_consume") or 0) >= 0.25},
-            # The worker is one process per role: summed RSS counts the pages they share
-            # (interpreter, libraries) once per process; PSS counts each page once.
-            "worker_memory_mb_pss": {"target": 500, "measured": summary["worker_pss_mb"],
-                                     "met": (summary["worker_pss_mb"] or 1e9) < 500},
-            "worker_memory_mb_summed_rss": {"target": 500, "measured": summary["worker_rss_mb"],
-                                            "met": summary["worker_rss_mb"] < 500},
-        }
-    return summary
-
-
-def _print_summary(results: dict[str, Any], summary: dict[str, Any]) -> None:
-    print("\nsummary", flush=True)
-    if "reference_drift" in summary:
-        print(f"  reference workload drift over the run: {summary['reference_drift']:+.1%} "
-              "(figures of a run with a large drift are not comparable)")
-    if "best_rate" in summary:
-        rates = summary["best_rate"]
-        print(f"  highest rate with every reading in Redis, InfluxDB and PostgreSQL, alarm engine "
-              f"on, p99 < 1 s: MQTT {rates['mqtt']:.0f}/s, HTTP {rates['http']:.0f}/s")
-        raw = results.get("ceiling", {}).get("raw", {})
-        perf = results.get("ceiling", {}).get("perf_tool", {})
-        if "share_of_raw_produce_consume" in summary:
-            print(f"  = {summary['share_of_raw_produce_consume']:.2%} of raw confluent-kafka "
-                  f"produce+consume ({raw.get('produce_consume_rate'):,}/s)")
-        if "share_of_perf_tool" in summary:
-            print(f"  = {summary['share_of_perf_tool']:.2%} of kafka-producer-perf-test "
-                  f"({perf.get('records_per_second'):,.0f}/s)")
-        if "best_rate_per_reference_k" in summary:
-            print(f"  normalised: {summary['best_rate_per_reference_k']} readings/s per 1,000 "
-                  "reference encodes per CPU-second")
-        for name, target in summary["targets"].items():
-            print(f"  target {name}: {target['target']} -> measured {target['measured']}"
-                  f" {'MET' if target['met'] else 'NOT MET'}")
-    print(flush=True)
+def _section(results: dict[str, Any], failed: list[str], name: str, call: Any) -> None:
+    print(f"\n== {name}", flush=True)
+    started = time.monotonic()
+    try:
+        results[name] = call()
+    except Exception as exc:  # one broken section must not hide the others' figures
+        failed.append(name)
+        results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        print(f"{name} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    results.setdefault("section_seconds", {})[name] = round(time.monotonic() - started, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="shorter runs (a smoke test)")
-    parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), help="run only these sections")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke test: fewer readings, 6 s steps (rates come out too high)")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
+    parser.add_argument("--connectors", type=int,
+                        help="MQTT connector processes (default: WEBSCADA_MQTT_CONNECTORS, as make run)")
     args = parser.parse_args(argv)
+    chosen = args.only or SECTIONS
     settings = Settings()
     if stack.up(settings) != 0:
         print("the local stack did not come up; see .stack/logs/", file=sys.stderr)
@@ -145,33 +85,47 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"machine": _machine(), "quick": args.quick,
                                "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
                                "command": "python -m bench " + " ".join(argv or sys.argv[1:])}
-    print(f"bench on {results['machine']['cpus']} x {results['machine']['cpu_model']}, "
-          f"{results['machine']['memory_gib']} GiB, commit {results['machine']['commit']}\n", flush=True)
+    machine = results["machine"]
+    print(f"bench on {machine['cpus']} x {machine['cpu_model']}, {machine['memory_gib']} GiB, "
+          f"commit {machine['commit']}\n", flush=True)
     failed: list[str] = []
     results["reference_before"] = reference.run(settings, quick=args.quick)
-    for name, section in SECTIONS.items():
-        if args.only and name not in args.only:
-            continue
-        print(f"\n== {name}", flush=True)
-        section_started = time.monotonic()
+    if "ceiling" in chosen:
+        _section(results, failed, "ceiling", lambda: ceiling.run(
+            settings, quick=args.quick, batch_readings=drain.batch_readings(settings)))
+    transports = tuple(t for t in ("mqtt", "http") if t in chosen)
+    if "drain" in chosen or transports:
+        # One worker for both sections: started (and warmed up) once.
         try:
-            results[name] = section(settings, quick=args.quick)
-        except Exception as exc:  # one broken section must not hide the others' figures
-            failed.append(name)
-            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
-            print(f"{name} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        results.setdefault("section_seconds", {})[name] = round(time.monotonic() - section_started, 1)
+            pipeline = Pipeline(settings, uuid.uuid4().hex[:6])
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        try:
+            if "drain" in chosen:
+                _section(results, failed, "drain",
+                         lambda: drain.run(settings, quick=args.quick, pipeline=pipeline))
+            if transports:
+                _section(results, failed, "e2e", lambda: e2e.run(
+                    settings, quick=args.quick, pipeline=pipeline, transports=transports,
+                    connectors=args.connectors))
+        finally:
+            pipeline.close()
     print(flush=True)
     results["reference_after"] = reference.run(settings, quick=args.quick)
     results["seconds"] = round(time.monotonic() - started, 1)
-    results["summary"] = summarise({k: v for k, v in results.items()
-                                    if not (isinstance(v, dict) and "error" in v)})
-    _print_summary(results, results["summary"])
+    results["headline"] = headline.rows(results)
+    table = headline.markdown(results["headline"])
+    print(f"\nheadline (commit {machine['commit']}, {results['started_at'][:10]}"
+          f"{', --quick: not comparable' if args.quick else ''}):\n\n{table}\n", flush=True)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
     text = json.dumps(results, indent=2, default=str)
     out.write_text(text)
     (RESULTS / "latest.json").write_text(text)
+    before, after = (results[k]["records_per_cpu_second"] for k in ("reference_before", "reference_after"))
+    print(f"reference workload {before:,} records/CPU-s before, {after:,} after ({after / before - 1:+.1%}:"
+          " figures of a run with a large drift are not comparable)", flush=True)
     print(f"{results['seconds']:.0f} s in all; figures in {out}", flush=True)
     return 1 if failed else 0
 

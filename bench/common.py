@@ -1,9 +1,10 @@
-"""What every benchmark section shares: processes, CPU time, memory, readings, percentiles.
+"""What every benchmark section shares: processes, CPU time, memory, percentiles, the alarm rule.
 
 CPU figures are process CPU time (user + system, all threads) read from
 ``/proc/<pid>/stat``, so a busy shared machine changes wall times but hardly the
-CPU a stage spends per reading. Memory is the kernel's peak resident set
-(``VmHWM``) of each process.
+CPU a process spends per reading. Memory is the kernel's peak resident set
+(``VmHWM``) of each process, and its proportional set size (PSS), which counts
+pages shared between processes once.
 """
 
 from __future__ import annotations
@@ -13,27 +14,27 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 
+from bench.readings import ALARM_METRIC, ALARM_THRESHOLD
 from pipeline.settings import ROOT, Settings
-from schemas import Telemetry, TelemetryMetadata
 
 __all__ = [
     "RESULTS",
     "BenchRule",
     "Proc",
     "cpu_seconds",
-    "make_readings",
     "peak_rss_mb",
     "percentiles",
     "pss_mb",
+    "role_pids",
     "service_pids",
     "services_cpu",
+    "thread_cpu_seconds",
     "tree_pids",
     "wait_drained",
     "wait_for",
@@ -52,6 +53,13 @@ def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
     if reaped_children:
         ticks += int(fields[13]) + int(fields[14])
     return ticks / _TICK
+
+
+def thread_cpu_seconds(native_id: int) -> float:
+    """User + system CPU seconds so far of one thread of this process (its native id)."""
+    with open(f"/proc/self/task/{native_id}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -100,6 +108,21 @@ def tree_pids(pid: int) -> list[int]:
     return found
 
 
+def role_pids(worker: int) -> dict[str, int]:
+    """The role processes under the worker supervisor ``worker``, by role
+    (``webscada worker --role R`` in their command lines)."""
+    roles: dict[str, int] = {}
+    for pid in tree_pids(worker):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as raw:
+                argv = raw.read().decode(errors="replace").split("\0")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if "--role" in argv[:-1]:
+            roles[argv[argv.index("--role") + 1]] = pid
+    return roles
+
+
 def percentiles(values: Sequence[float], points: Sequence[float] = (50, 95, 99)) -> dict[str, float]:
     """Nearest-rank percentiles of ``values`` as ``{"p50": ..., ...}`` (empty input: empty dict)."""
     if not values:
@@ -110,25 +133,6 @@ def percentiles(values: Sequence[float], points: Sequence[float] = (50, 95, 99))
         rank = max(1, min(len(ordered), round(point / 100 * len(ordered) + 0.5)))
         out[f"p{point:g}"] = ordered[rank - 1]
     return out
-
-
-def make_readings(prefix: str, devices: int, per_device: int, *,
-                  start: datetime | None = None, step: timedelta = timedelta(milliseconds=10),
-                  application_id: str | None = "bench") -> Iterator[Telemetry]:
-    """``devices * per_device`` realistic readings (five metrics, radio metadata), seq-major."""
-    start = start or datetime.now(UTC) - timedelta(minutes=30)
-    names = [f"{prefix}-{d:04d}" for d in range(devices)]
-    for seq in range(per_device):
-        ts = start + seq * step
-        for n, device in enumerate(names):
-            yield Telemetry(
-                device_id=device, protocol="mqtt", ts=ts, received_at=ts,
-                message_id=f"{device}-{seq}",
-                metrics={"seq": float(seq), "temperature": 20.0 + (seq + n) % 70 / 10,
-                         "humidity": 40.0 + seq % 20, "pressure": 1013.25, "level": 50.0},
-                metadata=TelemetryMetadata(signal_strength=-67, battery_level=88, snr=7.5),
-                application_id=application_id,
-            )
 
 
 @dataclass
@@ -250,21 +254,21 @@ def wait_drained(settings: Settings, groups: list[str], timeout: float) -> bool:
 
 
 class BenchRule:
-    """An alarm rule that raises and clears as the bench's readings cycle: on ``metric`` of the
-    devices of ``application_id``, or of every device if None (then use a bench-only metric)."""
+    """The bench's alarm rule, on every device: ``bench_level > 26.5`` (deadband 1), which
+    the bench's readings cross now and then (see :mod:`bench.readings`)."""
 
-    def __init__(self, settings: Settings, application_id: str | None, *,
-                 metric: str = "temperature") -> None:
+    def __init__(self, settings: Settings) -> None:
         self._conninfo = settings.pg_conninfo
         with psycopg.connect(self._conninfo, autocommit=True) as conn:
             row = conn.execute(
                 "INSERT INTO alarm_rules (name, application_id, metric, operator, threshold, deadband)"
-                " VALUES (%s, %s, %s, '>', 26.5, 1) RETURNING id",
-                (f"bench {application_id or metric}", application_id, metric)).fetchone()
+                " VALUES (%s, NULL, %s, '>', %s, 1) RETURNING id",
+                (f"bench {ALARM_METRIC}", ALARM_METRIC, ALARM_THRESHOLD)).fetchone()
         assert row is not None
         self.id = str(row[0])
 
     def alarms(self) -> int:
+        """How many alarms the rule has raised so far."""
         with psycopg.connect(self._conninfo, autocommit=True) as conn:
             row = conn.execute("SELECT count(*) FROM alarms WHERE rule_id = %s", (self.id,)).fetchone()
         return int(row[0]) if row else 0

@@ -21,8 +21,20 @@ class Mosquitto(Service):
         return port_answers(self.settings.mqtt_host, self.settings.mqtt_port)
 
     def install(self) -> None:
-        if which("mosquitto", "/usr/sbin") is None:
-            apt_install("mosquitto")
+        # mosquitto-clients: mosquitto_pub, the bench's MQTT devices (and handy for trying things)
+        missing = [package for package, binary in (("mosquitto", "mosquitto"),
+                                                   ("mosquitto-clients", "mosquitto_pub"))
+                   if which(binary, "/usr/sbin") is None]
+        if missing:
+            apt_install(*missing)
+
+    def publisher(self) -> str:
+        """The path of ``mosquitto_pub``, installed first when missing."""
+        self.install()
+        found = which("mosquitto_pub")
+        if found is None:
+            raise StackError("mosquitto_pub not found after installing mosquitto-clients")
+        return found
 
     def start(self) -> None:
         binary = which("mosquitto", "/usr/sbin")

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import sys
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import chain, islice
 from typing import Any, TypedDict, cast
 
 from fastavro import schemaless_reader, schemaless_writer
@@ -105,7 +108,9 @@ def from_micros(micros: int) -> datetime:
 class ReadingBatch:
     """Readings as columns. Build one with :meth:`append` or :func:`decode_batch`."""
 
-    __slots__ = COLUMNS
+    # Columns decoded from Kafka (or taken from other batches) are built on first use:
+    # a sink that never reads metrics never pays for turning them into dicts.
+    __slots__ = (*COLUMNS, "_count", "_lazy")
 
     device_id: list[str]
     protocol: list[str]
@@ -120,6 +125,8 @@ class ReadingBatch:
     extra: list[dict[str, str]]
 
     def __init__(self, columns: Mapping[str, list[Any]] | None = None) -> None:
+        self._lazy: dict[str, Callable[[], list[Any]]] | None = None
+        self._count = 0
         if columns is None:
             for name in COLUMNS:
                 setattr(self, name, [])
@@ -127,8 +134,33 @@ class ReadingBatch:
         for name in COLUMNS:
             setattr(self, name, columns[name])
 
+    @classmethod
+    def _deferred(cls, count: int, columns: dict[str, Callable[[], list[Any]]]) -> ReadingBatch:
+        """A batch of ``count`` readings whose columns the given functions build when first used."""
+        batch = cls.__new__(cls)
+        batch._count = count
+        batch._lazy = columns
+        return batch
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for a column not built yet (a set slot is found before this).
+        lazy = self._lazy
+        if lazy is None or name not in lazy:
+            raise AttributeError(f"ReadingBatch has no attribute {name!r}")
+        column = lazy.pop(name)()
+        setattr(self, name, column)
+        if not lazy:
+            self._lazy = None
+        return column
+
+    def _build(self) -> None:
+        """Build every column that is still deferred (before the batch is changed)."""
+        if self._lazy is not None:
+            for name in list(self._lazy):
+                getattr(self, name)
+
     def __len__(self) -> int:
-        return len(self.device_id)
+        return self._count if self._lazy is not None else len(self.device_id)
 
     def __repr__(self) -> str:
         return f"ReadingBatch({len(self)} readings)"
@@ -137,6 +169,7 @@ class ReadingBatch:
                metrics: dict[str, float], application_id: str | None = None,
                status: str | None = None, metadata: Metadata | None = None) -> None:
         """Add a reading; ``metadata`` as Telemetry's metadata record has it (None: none)."""
+        self._build()
         self.device_id.append(device_id)
         self.protocol.append(protocol)
         self.ts.append(ts)
@@ -176,11 +209,13 @@ class ReadingBatch:
         }
 
     def append_row(self, row: Reading) -> None:
+        self._build()
         for name in COLUMNS:
             getattr(self, name).append(row[name])  # type: ignore[literal-required]
 
     def extend(self, other: ReadingBatch, indices: Iterable[int] | None = None) -> None:
         """Add ``other``'s readings (those at ``indices``, in that order, when given)."""
+        self._build()
         for name in COLUMNS:
             mine, theirs = getattr(self, name), getattr(other, name)
             if indices is None:
@@ -189,10 +224,20 @@ class ReadingBatch:
                 mine.extend([theirs[i] for i in indices])
 
     def take(self, indices: Sequence[int]) -> ReadingBatch:
-        """A new batch of the readings at ``indices``."""
-        out = ReadingBatch()
-        out.extend(self, indices)
-        return out
+        """A new batch of the readings at ``indices`` (columns built when first used)."""
+        def column(name: str) -> Callable[[], list[Any]]:
+            return lambda: list(map(getattr(self, name).__getitem__, indices))
+        return ReadingBatch._deferred(len(indices), {name: column(name) for name in COLUMNS})
+
+    @classmethod
+    def concat(cls, batches: Sequence[ReadingBatch]) -> ReadingBatch:
+        """The readings of ``batches`` one after the other (columns built when first used)."""
+        if len(batches) == 1:
+            return batches[0]
+
+        def column(name: str) -> Callable[[], list[Any]]:
+            return lambda: list(chain.from_iterable(getattr(b, name) for b in batches))
+        return cls._deferred(sum(map(len, batches)), {name: column(name) for name in COLUMNS})
 
     def row(self, i: int) -> Reading:
         return cast(Reading, {name: getattr(self, name)[i] for name in COLUMNS})
@@ -207,11 +252,16 @@ class ReadingBatch:
     def encode(self) -> bytes:
         """Single-object encoded ``TelemetryBatch`` (see :mod:`schemas.codec`)."""
         schema = _batch_schema()
+        size = len(self.device_id)
+        if any(len(getattr(self, name)) != size for name in COLUMNS):
+            raise MalformedRecordError(
+                "TelemetryBatch columns differ in length: "
+                + ", ".join(f"{name} {len(getattr(self, name))}" for name in COLUMNS))
         out = io.BytesIO()
         out.write(MAGIC)
         out.write(schema.fingerprint)
         try:
-            schemaless_writer(out, schema.parsed, self.columns())
+            schemaless_writer(out, schema.parsed, _pack(self))
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             raise MalformedRecordError(f"cannot encode TelemetryBatch: {exc}") from exc
         return out.getvalue()
@@ -353,13 +403,10 @@ def decode_batch(value: bytes) -> ReadingBatch:
         if body.tell() != len(value):
             raise MalformedRecordError(
                 f"{len(value) - body.tell()} unexpected trailing bytes after the TelemetryBatch body")
-        batch = ReadingBatch(cast(dict[str, list[Any]], columns))
-        size = len(batch.device_id)
-        if any(len(getattr(batch, name)) != size for name in COLUMNS):
-            raise MalformedRecordError(
-                "TelemetryBatch columns differ in length: "
-                + ", ".join(f"{name} {len(getattr(batch, name))}" for name in COLUMNS))
-        return batch
+        try:
+            return _unpack(cast(dict[str, Any], columns))
+        except (ValueError, IndexError, TypeError, OverflowError) as exc:
+            raise MalformedRecordError(f"TelemetryBatch is inconsistent: {exc}") from exc
     decoded = registry().decode(value)
     if decoded.name == TELEMETRY_SCHEMA:
         batch = ReadingBatch()
@@ -367,6 +414,143 @@ def decode_batch(value: bytes) -> ReadingBatch:
         return batch
     raise UnknownSchemaError(f"value was written as {decoded.name}, expected {BATCH_SCHEMA} "
                              f"or {TELEMETRY_SCHEMA}")
+
+
+_LITTLE = sys.byteorder == "little"
+
+
+def _packed(code: str, values: Iterable[Any]) -> bytes:
+    packed = array(code, values)
+    if not _LITTLE:
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _unpacked(code: str, data: bytes, what: str, count: int | None = None) -> array[Any]:
+    values = array(code)
+    if len(data) % values.itemsize:
+        raise ValueError(f"{what} is {len(data)} bytes, not a whole number of {values.itemsize}-byte items")
+    values.frombytes(data)
+    if not _LITTLE:
+        values.byteswap()
+    if count is not None and len(values) != count:
+        raise ValueError(f"{what} has {len(values)} entries for {count} readings")
+    return values
+
+
+def _pack(batch: ReadingBatch) -> dict[str, Any]:
+    """The Avro field values of ``batch`` (layout: ``telemetry_batch.avsc``)."""
+    table: dict[str, int] = {}
+
+    def ref(text: str) -> int:
+        found = table.get(text)
+        if found is None:
+            found = table[text] = len(table)
+        return found
+
+    def optional(text: str | None) -> int:
+        return -1 if text is None else ref(text)
+
+    metric_names: list[int] = []
+    metric_values: list[float] = []
+    for metrics in batch.metrics:
+        metric_names += map(ref, metrics)
+        metric_values += metrics.values()
+    meta_names: list[int] = []
+    meta_values: list[float] = []
+    for meta in batch.meta:
+        if meta:
+            meta_names += map(ref, meta)
+            meta_values += meta.values()
+    return {
+        "count": len(batch.device_id),
+        "device_id": _packed("i", map(ref, batch.device_id)),
+        "protocol": _packed("i", map(ref, batch.protocol)),
+        "ts": _packed("q", batch.ts),
+        "received_at": _packed("q", batch.received_at),
+        "message_id": batch.message_id,
+        "application_id": _packed("i", map(optional, batch.application_id)),
+        "status": _packed("i", map(optional, batch.status)),
+        "gateway_id": _packed("i", map(optional, batch.gateway_id)),
+        "metric_count": _packed("i", map(len, batch.metrics)),
+        "metric_name": _packed("i", metric_names),
+        "metric_value": _packed("d", metric_values),
+        "meta_count": _packed("i", map(len, batch.meta)),
+        "meta_name": _packed("i", meta_names),
+        "meta_value": _packed("d", meta_values),
+        "extra": [{"index": i, "values": extra} for i, extra in enumerate(batch.extra) if extra],
+        "strings": list(table),  # insertion order: index k is the k-th string added
+    }
+
+
+def _unpack(record: dict[str, Any]) -> ReadingBatch:
+    """A batch from its Avro field values; raises ValueError/IndexError when they disagree.
+
+    Every length and index is checked here; the Python lists and dicts of each
+    column are built when first used.
+    """
+    count = record["count"]
+    if count < 0:
+        raise ValueError(f"count {count} is negative")
+    # index -1 (none) picks the None at the end; any other negative index is refused below
+    table = [*record["strings"], None]
+    strings = len(table) - 1
+
+    def refs(field: str, optional: bool = False) -> Callable[[], list[Any]]:
+        found = _unpacked("i", record[field], field, count)
+        if found and (min(found) < (-1 if optional else 0) or max(found) >= strings):
+            raise IndexError(f"{field} refers outside the {strings} strings")
+        return lambda: list(map(table.__getitem__, found))
+
+    def numbers(field: str) -> Callable[[], list[Any]]:
+        return _unpacked("q", record[field], field, count).tolist
+
+    message_ids = record["message_id"]
+    if len(message_ids) != count:
+        raise ValueError(f"message_id has {len(message_ids)} entries for {count} readings")
+    extras = record["extra"]
+    for entry in extras:
+        if not 0 <= entry["index"] < count:
+            raise IndexError(f"extra of reading {entry['index']} of {count}")
+
+    def extra() -> list[dict[str, str]]:
+        column: list[dict[str, str]] = [_EMPTY_EXTRA] * count
+        for entry in extras:
+            column[entry["index"]] = entry["values"]
+        return column
+
+    return ReadingBatch._deferred(count, {
+        "device_id": refs("device_id"),
+        "protocol": refs("protocol"),
+        "ts": numbers("ts"),
+        "received_at": numbers("received_at"),
+        "message_id": lambda: message_ids,
+        "application_id": refs("application_id", optional=True),
+        "status": refs("status", optional=True),
+        "gateway_id": refs("gateway_id", optional=True),
+        "metrics": _maps(record, "metric", table, count),
+        "meta": _maps(record, "meta", table, count),
+        "extra": extra,
+    })
+
+
+def _maps(record: dict[str, Any], prefix: str, table: list[str | None], count: int
+          ) -> Callable[[], list[dict[str, float]]]:
+    counts = _unpacked("i", record[f"{prefix}_count"], f"{prefix}_count", count)
+    found = _unpacked("i", record[f"{prefix}_name"], f"{prefix}_name")
+    values = _unpacked("d", record[f"{prefix}_value"], f"{prefix}_value", len(found))
+    if sum(counts) != len(found) or (counts and min(counts) < 0):
+        raise ValueError(f"{prefix}_count adds up to {sum(counts)}, not to the {len(found)} names")
+    if found and (min(found) < 0 or max(found) >= len(table) - 1):
+        raise IndexError(f"{prefix}_name refers outside the {len(table) - 1} strings")
+
+    def build() -> list[dict[str, float]]:
+        names = iter(map(table.__getitem__, found))
+        numbers = iter(values.tolist())
+        # zip stops after n pairs: each reading takes its own names and values off the two streams
+        return [dict(zip(islice(names, n), numbers, strict=False))  # type: ignore[arg-type]
+                if n else _EMPTY_META for n in counts]
+    return build
 
 
 # Names checked once per process: metric names repeat in every reading.

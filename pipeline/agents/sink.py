@@ -93,19 +93,20 @@ class _Taken:
     """The readings of a batch of Kafka events, merged, with where each came from."""
 
     def __init__(self, events: Sequence[EventT], stage: str) -> None:
-        self.readings = ReadingBatch()
         self.letters: list[Outgoing] = []
         self._starts: list[int] = []
         self._sources: list[tuple[EventT, ReadingBatch]] = []
+        count = 0
         for event in events:
             try:
                 batch = decode_batch(event.message.value or b"")
             except (CodecError, InvalidRecordError) as exc:
                 self.letters.append(dead_letter_for(event.message, reason=str(exc), stage=stage))
                 continue
-            self._starts.append(len(self.readings))
+            self._starts.append(count)
             self._sources.append((event, batch))
-            self.readings.extend(batch)
+            count += len(batch)
+        self.readings = ReadingBatch.concat([batch for _, batch in self._sources])
 
     def dead_letter(self, index: int, reason: str, stage: str) -> Outgoing:
         """The DLQ record of merged reading ``index``, naming its source record."""

@@ -78,15 +78,15 @@ def register_alarms(app: faust.App, settings: Settings) -> None:
         batches = cast(Stream[bytes], stream).take_events(
             settings.stream_batch_records, within=settings.sink_batch_within_s)
         async for events in batches:
-            readings = ReadingBatch()
+            decoded: list[ReadingBatch] = []
             letters: list[Outgoing] = []
             for event in events:
                 try:
-                    readings.extend(decode_batch(event.message.value or b""))
+                    decoded.append(decode_batch(event.message.value or b""))
                 except (CodecError, InvalidRecordError) as exc:
                     letters.append(dead_letter_for(event.message, reason=str(exc), stage="agent.alarms"))
-            if len(readings):
-                await service.process(readings)
+            if decoded:
+                await service.process(ReadingBatch.concat(decoded))
             if letters:
                 await producer.send_all(letters)
 

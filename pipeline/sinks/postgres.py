@@ -2,24 +2,28 @@
 
 A batch is folded to one row per device (its newest reading) and upserted in
 one statement; ``last_seen`` only moves forward, so replaying a batch or
-receiving a late reading never moves it back.
+receiving a late reading never moves it back. The rows travel as one JSON
+parameter: psycopg's list adapters cost more per device than the rest of the sink.
 """
 
 from __future__ import annotations
 
+import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pipeline.errors import PermanentSinkError, TransientSinkError
 from pipeline.pgpool import make_pool
 from pipeline.sinks.base import Sink
-from schemas.batch import ReadingBatch, from_micros
+from schemas.batch import ReadingBatch, iso_micros
 
 __all__ = ["PostgresDeviceSink"]
 
 _UPSERT = """
 INSERT INTO devices (id, protocol, application_id, last_seen, last_message_id)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[])
+SELECT id, protocol, application_id, last_seen, message_id
+FROM jsonb_to_recordset(%s::jsonb)
+    AS u(id text, protocol text, application_id text, last_seen timestamptz, message_id text)
 ON CONFLICT (id) DO UPDATE SET
     last_message_id = CASE
         WHEN devices.last_seen IS NULL OR EXCLUDED.last_seen >= devices.last_seen
@@ -33,7 +37,7 @@ UPDATE devices AS d SET
     last_message_id = CASE WHEN d.last_seen IS NULL OR u.last_seen >= d.last_seen
                            THEN u.message_id ELSE d.last_message_id END,
     last_seen = GREATEST(d.last_seen, u.last_seen)
-FROM unnest(%s::text[], %s::timestamptz[], %s::text[]) AS u(id, last_seen, message_id)
+FROM jsonb_to_recordset(%s::jsonb) AS u(id text, last_seen timestamptz, message_id text)
 WHERE d.id = u.id
 """
 
@@ -58,18 +62,14 @@ class PostgresDeviceSink(Sink):
             seen = newest.get(device_id)
             if seen is None or ts[i] >= ts[seen]:
                 newest[device_id] = i
-        rows = list(newest.values())
-        ids = list(newest)
-        times = [from_micros(ts[i]) for i in rows]
-        message_ids = [batch.message_id[i] for i in rows]
+        rows = orjson.dumps([
+            {"id": device_id, "protocol": batch.protocol[i], "application_id": batch.application_id[i],
+             "last_seen": iso_micros(ts[i]), "message_id": batch.message_id[i]}
+            for device_id, i in newest.items()
+        ]).decode()
         try:
             async with self._pool.connection() as conn:
-                if self._auto_register:
-                    await conn.execute(_UPSERT, (ids, [batch.protocol[i] for i in rows],
-                                                 [batch.application_id[i] for i in rows], times,
-                                                 message_ids))
-                else:
-                    await conn.execute(_TOUCH_KNOWN, (ids, times, message_ids))
+                await conn.execute(_UPSERT if self._auto_register else _TOUCH_KNOWN, (rows,))
         except (psycopg.OperationalError, psycopg.errors.AdminShutdown,
                 PoolTimeout) as exc:
             raise TransientSinkError(f"postgres unreachable: {exc}") from exc

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import io
 import math
+import re
+import struct
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from fastavro import schemaless_writer
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.producer import by_partition, murmur2, partition_for
-from schemas import MalformedRecordError, Telemetry, TelemetryMetadata, UnknownSchemaError, iso_utc
-from schemas.batch import ReadingBatch, check_row, decode_batch, from_micros, is_batch, iso_micros, to_micros
+from schemas import MAGIC, MalformedRecordError, Telemetry, TelemetryMetadata, UnknownSchemaError, iso_utc
+from schemas.batch import (
+    ReadingBatch,
+    _batch_schema,
+    _pack,
+    check_row,
+    decode_batch,
+    from_micros,
+    is_batch,
+    iso_micros,
+    to_micros,
+)
 from schemas.records import Location, SystemEvent
 
 AT = datetime(2026, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
@@ -57,11 +71,45 @@ def test_other_values_are_refused_with_a_reason() -> None:
         decode_batch(data + b"\x00")
 
 
-def test_columns_of_different_lengths_are_malformed() -> None:
+def test_columns_of_different_lengths_are_not_encoded() -> None:
     batch = ReadingBatch.of([_reading(), _reading("d2")])
     batch.message_id.pop()
     with pytest.raises(MalformedRecordError, match="columns differ in length"):
-        decode_batch(batch.encode())
+        batch.encode()
+
+
+def _forged(**fields: object) -> bytes:
+    """A TelemetryBatch of two readings with some Avro fields replaced."""
+    schema = _batch_schema()
+    record = _pack(ReadingBatch.of([_reading(), _reading("d2", application_id="a")]))
+    record.update(fields)
+    out = io.BytesIO()
+    schemaless_writer(out, schema.parsed, record)
+    return MAGIC + schema.fingerprint + out.getvalue()
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ({"count": 3}, "has 2 entries for 3 readings"),
+    ({"ts": b"\x00" * 12}, "ts is 12 bytes, not a whole number of 8-byte items"),
+    ({"device_id": struct.pack("<2i", 0, 99)}, "device_id refers outside the"),
+    ({"device_id": struct.pack("<2i", 0, -1)}, "device_id refers outside the"),
+    ({"application_id": struct.pack("<2i", -2, -1)}, "application_id refers outside the"),
+    ({"metric_count": struct.pack("<2i", 1, 2)}, "metric_count adds up to 3, not to the 2 names"),
+    ({"message_id": ["only-one"]}, "message_id has 1 entries for 2 readings"),
+    ({"extra": [{"index": 5, "values": {"a": "b"}}]}, "extra of reading 5 of 2"),
+    ({"extra": [{"index": -1, "values": {"a": "b"}}]}, "extra of reading -1 of 2"),
+])
+def test_a_batch_that_contradicts_itself_is_malformed(fields: dict[str, object], reason: str) -> None:
+    with pytest.raises(MalformedRecordError, match=re.escape(reason)):
+        decode_batch(_forged(**fields))
+
+
+def test_strings_repeat_once_and_numbers_are_packed() -> None:
+    batch = ReadingBatch.of([_reading(mid=str(i)) for i in range(100)])
+    record = _pack(batch)
+    assert sorted(record["strings"]) == ["d1", "mqtt", "temperature"]
+    assert len(record["ts"]) == 800 and len(record["metric_value"]) == 800
+    assert len(batch.encode()) < 100 * 64  # about 60 bytes a reading of one metric
 
 
 @pytest.mark.parametrize(("change", "reason"), [

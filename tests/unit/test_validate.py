@@ -157,12 +157,20 @@ def test_a_poison_reading_in_a_batch_goes_to_the_dlq_alone() -> None:
     assert [batch.telemetry(i) for i in range(len(batch))] == good  # in order
 
 
-def test_a_clean_batch_is_forwarded_as_it_came_to_the_same_partition() -> None:
-    records = [_reading("d1", message_id=f"c{i}") for i in range(5)]
+def test_a_large_clean_batch_is_forwarded_as_it_came_to_the_same_partition() -> None:
+    records = [_reading("d1", message_id=f"c{i}") for i in range(300)]
     event = _batch_event(*records, partition=partition_for("d1", 6))
     [out] = _validator().route([event])  # type: ignore[list-item]
     assert (out.topic, out.partition, out.value) == (Topics.VALID, event.message.partition,
                                                      event.message.value)
+
+
+def test_small_batches_of_a_partition_are_merged_into_one_record() -> None:
+    devices = [f"m-{i}" for i in range(40) if partition_for(f"m-{i}", 6) == 1][:3]
+    events = [_batch_event(_reading(device, message_id="x"), partition=1) for device in devices]
+    [out] = _validator().route(events)  # type: ignore[arg-type]
+    assert out.partition == 1
+    assert decode_batch(out.value).device_id == devices
 
 
 def test_readings_are_regrouped_by_their_own_partition() -> None:

@@ -107,13 +107,12 @@ def _user(args: argparse.Namespace) -> int:
 
 
 def _dlq(args: argparse.Namespace) -> int:
-    from datetime import datetime
-
     from pipeline import dlq
 
-    since = datetime.fromisoformat(args.since) if getattr(args, "since", None) else None
-    if since is not None and since.tzinfo is None:
-        raise SystemExit("--since needs a time zone, e.g. 2026-11-27T10:00:00+00:00")
+    try:
+        since = dlq.parse_since(args.since) if getattr(args, "since", None) else None
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     where = dlq.Filter(reason=getattr(args, "reason", None), device_id=getattr(args, "device", None),
                        stage=getattr(args, "stage", None), since=since)
     if args.action == "list":
@@ -182,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--reason", help="substring of the reason (case-insensitive)")
         q.add_argument("--device", help="device id")
         q.add_argument("--stage", help="e.g. agent.validate, connector.mqtt")
-        q.add_argument("--since", help="ISO-8601 time with zone")
+        q.add_argument("--since", help="relative (-10m, -2h, -1d, -1w) or ISO-8601 with zone")
         if name == "list":
             q.add_argument("--limit", type=int, default=50)
         else:

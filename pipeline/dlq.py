@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from pipeline.producer import producer_config
 from pipeline.settings import Settings, Topics
-from schemas import CodecError, DeadLetter, InvalidRecordError, iso_utc
+from schemas import CodecError, DeadLetter, InvalidRecordError, iso_utc, utcnow
 from schemas.batch import decode_batch
 
 __all__ = ["Filter", "Located", "list_letters", "main_list", "main_replay", "main_show", "read_letters"]
@@ -83,6 +84,26 @@ def read_letters(settings: Settings, *, idle_s: float = 2.0) -> Iterator[Located
             yield Located(msg.partition() or 0, msg.offset() or 0, letter)
     finally:
         consumer.close()
+
+
+_RELATIVE = re.compile(r"^-(\d{1,6})([smhdw])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``--since``: a time relative to now (``-10m``, ``-2h``, ``-1d``, ``-1w``) or ISO-8601
+    with a zone. Raises ValueError saying which forms are understood."""
+    text = text.strip()
+    if match := _RELATIVE.match(text):
+        return (now or utcnow()) - timedelta(seconds=int(match[1]) * _UNIT_S[match[2]])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise ValueError(f"--since {text!r} is neither a relative time like -10m, -2h, -1d, -1w"
+                         " nor an ISO-8601 time with a zone like 2026-11-27T10:00:00+00:00")
+    return moment
 
 
 def list_letters(settings: Settings, where: Filter) -> list[Located]:

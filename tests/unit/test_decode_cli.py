@@ -96,3 +96,21 @@ def test_the_command_exits_with_status_2() -> None:
     assert (proc.returncode, proc.stdout, proc.stderr.strip()) == (
         2, "", "webscada decode lpp: Cayenne LPP type 0x99 unknown at byte 1"
     )
+
+
+def test_dlq_since_understands_relative_and_zoned_times() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import pytest
+
+    from pipeline.dlq import parse_since
+
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    assert parse_since("-10m", now) == now - timedelta(minutes=10)
+    assert parse_since("-2h", now) == now - timedelta(hours=2)
+    assert parse_since("-1d", now) == now - timedelta(days=1)
+    assert parse_since("-1w", now) == now - timedelta(weeks=1)
+    assert parse_since("2026-11-27T10:00:00+00:00") == datetime(2026, 11, 27, 10, tzinfo=UTC)
+    for bad in ("10m", "-10y", "2026-11-27T10:00:00", "yesterday", "-99999999d"):
+        with pytest.raises(ValueError, match="neither a relative time"):
+            parse_since(bad, now)

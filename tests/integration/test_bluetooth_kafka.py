@@ -13,7 +13,9 @@ from confluent_kafka import Consumer, TopicPartition
 from connectors.bluetooth import BluetoothConnector, BluetoothDevice
 from connectors.codecs import BTHOME_UUID, RUUVI_COMPANY_ID
 from connectors.producer import RecordProducer
+from pipeline.producer import partition_for
 from pipeline.settings import Settings, Topics
+from schemas.batch import decode_batch
 from schemas.records import Telemetry
 from tests.conftest import unique_id
 
@@ -66,10 +68,11 @@ def test_advertisements_land_on_telemetry_raw(stack: Settings) -> None:
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
-            reading = Telemetry.decode(msg.value() or b"")
-            if reading.device_id in (ruuvi_id, thermo_id):
-                assert msg.key() == reading.device_id.encode()
-                found[reading.device_id] = reading
+            batch = decode_batch(msg.value() or b"")
+            for i, device_id in enumerate(batch.device_id):
+                if device_id in (ruuvi_id, thermo_id):
+                    assert msg.partition() == partition_for(device_id, len(start))
+                    found[device_id] = batch.telemetry(i)
     finally:
         consumer.close()
 

@@ -1,19 +1,19 @@
 """Device JSON decoded fast (orjson), and exactly as Python's ``json`` reads it.
 
-orjson differs from ``json`` on a few inputs: it refuses ``NaN``/``Infinity``
-and numbers beyond a double (``json`` reads them, and the payload parsers report
-such values as rejected fields, keeping the rest of the reading), and turns
-integers beyond 64 bits into floats (``json`` keeps them exact). Those inputs go
-to ``json``, so every payload reads as it always did, and errors carry
-``json``'s messages. A lone UTF-16 surrogate escape (``"\\ud800"``) is the one
-thing refused that ``json`` accepted: it cannot be encoded as UTF-8, so no
-record could carry it.
+orjson refuses a few inputs ``json`` reads: ``NaN``/``Infinity`` and numbers
+beyond a double (the payload parsers report such values as rejected fields,
+keeping the rest of the reading). Whatever orjson refuses goes to ``json``, so
+those payloads read as they always did, and errors carry ``json``'s messages. A
+lone UTF-16 surrogate escape (``"\\ud800"``) is refused although ``json`` reads
+it: it cannot be encoded as UTF-8, so no record could carry it. One difference
+is left: orjson reads an integer beyond 64 bits as a float (``json`` keeps it
+exact); that matters only where a number becomes text (see
+:func:`connectors.payload.reading_from_object`).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
@@ -22,18 +22,12 @@ from connectors.errors import NotJsonError
 
 __all__ = ["loads"]
 
-# An integer of 20 or more digits may be beyond orjson's 64 bits.
-_LONG_NUMBER = re.compile(rb"\d{20}")
-
-
 def loads(data: bytes, *, what: str = "payload") -> Any:
     """The JSON value of ``data`` (UTF-8); :class:`NotJsonError` says, of ``what``, where it breaks."""
-    fast_error: orjson.JSONDecodeError | None = None
-    if _LONG_NUMBER.search(data) is None:
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            fast_error = exc
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        fast_error = exc
     try:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -44,11 +38,11 @@ def loads(data: bytes, *, what: str = "payload") -> Any:
         raise NotJsonError(f"{what} is not JSON: {exc.msg} at byte {_byte_at(text, exc.pos)}") from exc
     except (ValueError, RecursionError) as exc:  # e.g. an integer of 5000 digits, deep nesting
         raise NotJsonError(f"{what} is not JSON: {type(exc).__name__}: {exc}") from exc
-    if fast_error is not None and "surrogate" in fast_error.msg:
+    if "surrogate" in fast_error.msg:
         raise NotJsonError(f"{what} is not JSON: {fast_error.msg} at byte "
                            f"{_byte_at(text, fast_error.pos)}") from fast_error
     try:
-        # Rare inputs only: orjson stopped before reaching a lone surrogate, or never looked.
+        # Rare inputs only: orjson stopped (at a NaN, say) before it reached a lone surrogate.
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as exc:
         raise NotJsonError(f"{what} is not JSON: a string holds a lone surrogate "

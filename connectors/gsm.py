@@ -18,7 +18,6 @@ The connector is :class:`connectors.mqtt.MqttConnector` with this parser.
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -95,7 +94,7 @@ def parse_gsm_reading(payload: bytes, device_id: str, received_at: datetime) -> 
         if dbm is not None:
             meta["signal_strength"] = float(dbm)
         row = row._replace(meta=meta, extra=extra)
-    return dataclasses.replace(reading, row=row, rejected=(*reading.rejected, *rejected))
+    return reading._replace(row=row, rejected=(*reading.rejected, *rejected))
 
 
 def _csq(

@@ -23,15 +23,14 @@ checks readings again); JSON is read by orjson (:mod:`connectors._json`).
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
+from connectors._fields import MAX_ID_CHARS, RejectedField, metadata_fields, metric_fields, quick_fields
 from connectors._json import loads
-from connectors._values import as_number, clip, describe, kind, parse_timestamp, timestamp_micros
+from connectors._values import describe, kind, parse_timestamp, timestamp_micros
 from connectors.errors import (
     BadDeviceIdError,
     BadMessageIdError,
@@ -42,9 +41,7 @@ from connectors.errors import (
 from connectors.reading import ReadingRow
 from schemas.records import (
     DEVICE_ID_PATTERN,
-    METRIC_NAME_PATTERN,
     PROTOCOLS,
-    RESERVED_METRICS,
     DeadLetter,
     Telemetry,
     iso_utc,
@@ -63,44 +60,21 @@ __all__ = [
 ]
 
 MAX_PAYLOAD_BYTES = 256 * 1024
-_MAX_STATUS_CHARS = 256
-_MAX_ID_CHARS = 128
 # Namespace of derived message ids; changing it would change every derived id.
 _MESSAGE_NAMESPACE = uuid.UUID("6f0f3a52-3c55-5e7e-9d7b-2a1c4b8e9d01")
-_NAMESPACE_BYTES = _MESSAGE_NAMESPACE.bytes
+_NAMESPACE_SHA1 = hashlib.sha1(_MESSAGE_NAMESPACE.bytes, usedforsecurity=False)
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+_new_row = tuple.__new__  # a ReadingRow without NamedTuple's Python-level __new__
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-# Names that passed the rules, so the regular expression runs once per name and process,
-# not once per reading (devices send the same few names in every message).
-_GOOD_METRIC_NAMES: set[str] = set()
+# Device ids that passed the rule, so the regular expression runs once per device and process.
 _GOOD_DEVICE_IDS: set[str] = set()
 _MAX_REMEMBERED = 100_000
 
-# Top-level keys that are never metrics.
-_ENVELOPE = frozenset({"timestamp", "telemetry", "metadata", "messageId", "applicationId",
-                       "deviceId"})
-# metadata key -> TelemetryMetadata field; camelCase as devices send it, snake_case accepted.
-_META_NUMBERS = {
-    "signalStrength": "signal_strength",
-    "signal_strength": "signal_strength",
-    "batteryLevel": "battery_level",
-    "battery_level": "battery_level",
-    "snr": "snr",
-}
-_META_STRINGS = {"gatewayId": "gateway_id", "gateway_id": "gateway_id"}
 
 
-@dataclass(frozen=True, slots=True)
-class RejectedField:
-    """A value dropped from a reading: its path in the payload and why."""
-
-    name: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedReading:
-    """The outcome of parsing one device payload.
+class ParsedReading(NamedTuple):
+    """The outcome of parsing one device payload (a tuple: built once per message, cheaply).
 
     ``row`` is None when no valid metric remained; then the whole reading
     belongs in the DLQ. ``rejected`` lists the values that were dropped.
@@ -164,7 +138,7 @@ def dead_letter_for_error(
         details["truncated_from"] = str(len(payload))
         payload = payload[:MAX_PAYLOAD_BYTES]
     if device_id is not None and not DEVICE_ID_PATTERN.fullmatch(device_id):
-        details["device_id"] = device_id[:_MAX_ID_CHARS]
+        details["device_id"] = device_id[:MAX_ID_CHARS]
         device_id = None
     return _dead_letter(
         str(error), payload, device_id=device_id, stage=stage, source_topic=source_topic,
@@ -261,19 +235,25 @@ def reading_from_object(
     rejected: list[RejectedField] = []
     if application_id is None and "applicationId" in obj:
         app = obj["applicationId"]
-        if isinstance(app, str) and 0 < len(app) <= _MAX_ID_CHARS:
+        if isinstance(app, str) and 0 < len(app) <= MAX_ID_CHARS:
             application_id = app
         elif app is not None:
             rejected.append(RejectedField(
                 "applicationId", f"{describe(app)} is not a string of 1 to 128 characters"
             ))
-    metrics, status = _metrics(obj, rejected)
-    meta, gateway_id, extra = _metadata(obj.get("metadata"), rejected)
+    quick = quick_fields(obj)
+    if quick is not None:
+        metrics, meta, gateway_id, extra = quick
+        status = None
+    else:
+        metrics, status = metric_fields(obj, rejected)
+        meta, gateway_id, extra = metadata_fields(obj.get("metadata"), rejected)
     row = None
     if metrics:
         received = (received_at - _EPOCH) // _MICROSECOND
-        row = ReadingRow(device_id, protocol, received if ts is None else ts, received,
-                         message_id, application_id, metrics, status, meta, gateway_id, extra)
+        row = _new_row(ReadingRow, (device_id, protocol, received if ts is None else ts, received,
+                                    message_id, application_id, metrics, status, meta, gateway_id,
+                                    extra))
     return ParsedReading(device_id, message_id, bytes(payload), row, tuple(rejected))
 
 
@@ -284,147 +264,30 @@ def derive_message_id(device_id: str, payload: bytes, received_at: datetime | No
     same reading. Pass ``received_at`` when the payload carries no timestamp:
     then two identical bodies sent at different times are different readings.
     """
-    name = device_id.encode("utf-8") + b"\0" + bytes(payload)
+    digest = _NAMESPACE_SHA1.copy()
+    digest.update(device_id.encode("utf-8"))
+    digest.update(b"\0")
+    digest.update(payload)
     if received_at is not None:
-        name += b"\0" + iso_utc(received_at).encode("ascii")
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
-    # What uuid.UUID(bytes=..., version=5) makes of it, without building the object.
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    text = digest.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+        digest.update(b"\0" + iso_utc(received_at).encode("ascii"))
+    text = digest.hexdigest()
+    # What str(uuid.UUID(bytes=digest[:16], version=5)) makes of it, without the object:
+    # version nibble 5, variant bits 10.
+    return (f"{text[:8]}-{text[8:12]}-5{text[13:16]}-{_VARIANT[text[16]]}{text[17:20]}-"
+            f"{text[20:32]}")
 
 
 def _message_id(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not 0 < len(value) <= _MAX_ID_CHARS:
+    elif isinstance(value, float) and value.is_integer() and abs(value) >= 2**63:
+        # orjson reads an integer beyond 64 bits as a float: its digits are gone
         raise BadMessageIdError(
-            f"messageId must be a string of 1 to {_MAX_ID_CHARS} characters,"
+            "messageId must be a string of 1 to 128 characters or an integer of at most"
+            " 64 bits, got a larger integer")
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS:
+        raise BadMessageIdError(
+            f"messageId must be a string of 1 to {MAX_ID_CHARS} characters,"
             f" got {describe(value)}"
         )
     return value
-
-
-def _metrics(
-    obj: Mapping[str, Any], rejected: list[RejectedField]
-) -> tuple[dict[str, float], str | None]:
-    metrics: dict[str, float] = {}
-    status: str | None = None
-    if "telemetry" in obj:
-        block = obj["telemetry"]
-        if isinstance(block, dict):
-            status = _take_metrics(block, "telemetry.", metrics, status, rejected)
-        else:
-            rejected.append(RejectedField("telemetry", f"{describe(block)} is not an object"))
-    status = _take_metrics(obj, "", metrics, status, rejected, skip=_ENVELOPE)
-    return metrics, status
-
-
-def _take_metrics(values: Mapping[str, Any], prefix: str, metrics: dict[str, float],
-                  status: str | None, rejected: list[RejectedField],
-                  skip: frozenset[str] = frozenset()) -> str | None:
-    """Add the metrics of ``values`` (but ``skip``) to ``metrics``; returns the status so far."""
-    for name, value in values.items():
-        if name in skip:
-            continue
-        # The common case first: a known good name and a finite float (x - x is nan for
-        # inf and nan) or a plain int.
-        kind_of = type(value)
-        if name in _GOOD_METRIC_NAMES and name not in metrics:
-            if kind_of is float and value - value == 0.0:
-                metrics[name] = value
-                continue
-            if kind_of is int and -(2**53) <= value <= 2**53:
-                metrics[name] = float(value)
-                continue
-        path = prefix + name
-        if name == "status" and isinstance(value, str):
-            if status is not None:
-                rejected.append(RejectedField(path, "a second status"))
-            elif len(value) > _MAX_STATUS_CHARS:
-                rejected.append(RejectedField(
-                    path, f"status is longer than {_MAX_STATUS_CHARS} characters"
-                ))
-            else:
-                status = value
-            continue
-        if name in metrics:
-            rejected.append(RejectedField(path, f"a second value for metric {name!r}"))
-            continue
-        if name not in _GOOD_METRIC_NAMES:
-            if name in RESERVED_METRICS or not METRIC_NAME_PATTERN.fullmatch(name):
-                rejected.append(RejectedField(path, f"{clip(name)!r} is not an allowed name"))
-                continue
-            if len(_GOOD_METRIC_NAMES) < _MAX_REMEMBERED:
-                _GOOD_METRIC_NAMES.add(name)
-        number, why = as_number(value, allow_bool=True)
-        if number is None:
-            rejected.append(RejectedField(path, why))
-        else:
-            metrics[name] = number
-    return status
-
-
-_NO_META: dict[str, float] = {}
-_NO_EXTRA: dict[str, str] = {}
-
-
-def _metadata(
-    block: object, rejected: list[RejectedField]
-) -> tuple[dict[str, float], str | None, dict[str, str]]:
-    """The metadata block as the batch's ``meta``, ``gateway_id`` and ``extra`` columns.
-
-    The empty dicts returned for a reading without metadata are shared: never mutate them.
-    """
-    if block is None:
-        return _NO_META, None, _NO_EXTRA
-    if not isinstance(block, dict):
-        rejected.append(RejectedField("metadata", f"{describe(block)} is not an object"))
-        return _NO_META, None, _NO_EXTRA
-    meta: dict[str, float] = {}
-    gateway_id: str | None = None
-    extra: dict[str, str] = {}
-    for key, value in block.items():
-        if value is None:
-            continue
-        if key in _META_NUMBERS:
-            number, why = as_number(value, allow_bool=False)
-            if number is None:
-                rejected.append(RejectedField(f"metadata.{key}", why))
-            else:
-                meta[_META_NUMBERS[key]] = number
-        elif key in _META_STRINGS:
-            if isinstance(value, str) and 0 < len(value) <= _MAX_ID_CHARS:
-                gateway_id = value
-            else:
-                rejected.append(RejectedField(
-                    f"metadata.{key}", f"{describe(value)} is not a string of 1 to 128 characters"
-                ))
-        elif key == "location":
-            why = _location(value, meta)
-            if why:
-                rejected.append(RejectedField(f"metadata.{key}", why))
-        elif isinstance(value, str):
-            extra[key] = value
-        else:
-            number, why = as_number(value, allow_bool=True)
-            if number is None:
-                rejected.append(RejectedField(f"metadata.{key}", why))
-            else:
-                extra[key] = json.dumps(value)
-    return meta, gateway_id, extra
-
-
-def _location(value: object, meta: dict[str, float]) -> str:
-    """Put the location's lat and lon into ``meta``, or say why not."""
-    if not isinstance(value, dict):
-        return f"{describe(value)} is not an object with lat and lon"
-    lat, why_lat = as_number(value.get("lat"), allow_bool=False)
-    lon, why_lon = as_number(value.get("lon"), allow_bool=False)
-    if lat is None or lon is None:
-        return f"lat {why_lat}" if lat is None else f"lon {why_lon}"
-    if not (-90.0 <= lat <= 90.0) or not (-180.0 <= lon <= 180.0):
-        return f"location ({lat}, {lon}) is out of range"
-    meta["lat"], meta["lon"] = lat, lon
-    return ""

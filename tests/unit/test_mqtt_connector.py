@@ -7,7 +7,6 @@ order the messages arrived.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from datetime import datetime
 from typing import cast
@@ -91,9 +90,6 @@ def test_start_connects_in_the_background_and_subscribes_at_qos1(
 ) -> None:
     assert mqtt.calls == ["enable_logger", "reconnect_delay_set(1, 30)",
                           "connect_async(127.0.0.1, 1883, 30)", "loop_start"]
-    # a persistent MQTT 5 session: kept by the broker while the connector is away
-    assert mqtt.connect_options["clean_start"] is False
-    assert mqtt.connect_options["properties"].SessionExpiryInterval == SESSION_EXPIRY_S
     assert mqtt.subscriptions == [("devices/+/telemetry", 1)]
     assert mqtt.unsubscriptions == []
     assert connector.wait_connected(0)
@@ -295,7 +291,7 @@ def test_a_reading_kafka_cannot_take_goes_to_the_dlq_in_its_place(
         parsed = parse_reading(payload, device_id=device_id, protocol="mqtt",
                                received_at=received_at)
         assert parsed.row is not None
-        return dataclasses.replace(parsed, row=parsed.row._replace(status="\ud800"))
+        return parsed._replace(row=parsed.row._replace(status="\ud800"))
 
     connector = started(kafka, mqtt, parser=parser)
     connect(mqtt)
@@ -308,6 +304,14 @@ def test_a_reading_kafka_cannot_take_goes_to_the_dlq_in_its_place(
     assert mqtt.acks == []
     kafka.deliver(dlq)
     assert mqtt.acks == [(8, 1)]
+    connector.stop(timeout=0)
+
+
+def test_mqtt5_session_is_persistent(kafka: FakeKafka, mqtt: FakeMqtt) -> None:
+    connector = started(kafka, mqtt, mqtt_version=5)
+    # kept by the broker while the connector is away, as 3.1.1's clean session off
+    assert mqtt.connect_options["clean_start"] is False
+    assert mqtt.connect_options["properties"].SessionExpiryInterval == SESSION_EXPIRY_S
     connector.stop(timeout=0)
 
 

@@ -426,9 +426,9 @@ def test_arbitrary_json_objects_give_a_result_or_a_payload_error(obj: dict[str, 
 
 
 def test_json_beyond_orjson_reads_as_json_reads_it() -> None:
-    # an integer beyond 64 bits stays exact (orjson would make it a float)
-    big = 123456789012345678901234567890
-    assert parse(b'{"t": 1, "messageId": %d}' % big).message_id == str(big)
+    assert parse(b'{"t": 1, "messageId": %d}' % (2**64 - 1)).message_id == str(2**64 - 1)
+    with pytest.raises(BadMessageIdError, match="an integer of at most 64 bits"):
+        parse(b'{"t": 1, "messageId": 123456789012345678901234567890}')  # orjson: a float
     # NaN and 1e400 are values that are not numbers, not a payload that is not JSON
     assert parse(b'{"t": 1, "a": NaN, "b": -Infinity}').rejected == (
         RejectedField("a", "nan is not a finite number"),
@@ -454,3 +454,27 @@ def test_the_row_is_the_checked_reading() -> None:
     assert (result.row.ts, result.row.meta, result.row.gateway_id) == (
         1714564800000000, {"signal_strength": -67.0, "battery_level": 88.0, "snr": 7.5,
                            "lat": 52.1, "lon": 4.3}, "gw-1")
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(_keys | st.sampled_from(["t", "flow", "status"]), _json_values, max_size=6),
+       st.dictionaries(st.sampled_from(["signalStrength", "snr", "gatewayId", "fw", "location"]),
+                       _json_values, max_size=3))
+def test_the_quick_path_answers_what_the_full_parser_answers(
+    obj: dict[str, object], metadata: dict[str, object]
+) -> None:
+    if metadata:
+        obj["metadata"] = metadata
+    payload = json.dumps(obj).encode()
+    parse(b'{"t": 1, "flow": 2, "temperature": 3}')  # names the quick path knows
+
+    def outcome() -> object:
+        try:
+            return parse(payload)
+        except PayloadError as exc:
+            return repr(exc)
+
+    quick = outcome()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("connectors.payload.quick_fields", lambda obj: None)
+        assert outcome() == quick

@@ -62,12 +62,6 @@ class _Part:
     size: int = 0
 
 
-def _size(row: ReadingRow) -> int:
-    """About the Avro size of ``row`` in bytes; a cheap estimate, not an upper bound."""
-    return (64 + len(row.device_id) + len(row.message_id) + 20 * len(row.metrics)
-            + 16 * len(row.meta) + 32 * len(row.extra))
-
-
 class ReadingBuffer:
     """Thread-safe: any thread may :meth:`add`; one flusher thread sends what lingered.
 
@@ -94,6 +88,7 @@ class ReadingBuffer:
         self._max_readings = max_readings
         self._max_bytes = max_bytes
         self._parts: dict[int, _Part] = {}
+        self._partition_of: dict[str, int] = {}  # device id -> partition, once the count is known
         self._cond = threading.Condition()
         # Held from taking batches out until they are produced, so that two threads
         # sending batches of one partition cannot swap their order. Reentrant: a
@@ -128,14 +123,12 @@ class ReadingBuffer:
 
         Raises :class:`ProducerClosedError` once closed.
         """
-        count = self._partitions
-        if count is None:
-            self._ready.wait()
-            count = self._partitions
-            if count is None:
-                raise ProducerClosedError("reading buffer closed before Kafka told its partitions")
-        partition = partition_for(row.device_id, count)
-        size = _size(row)
+        # Runs once per reading: kept to the fewest calls.
+        partition = self._partition_of.get(row.device_id)
+        if partition is None:
+            partition = self._partition(row.device_id)
+        size = (64 + len(row.device_id) + len(row.message_id) + 20 * len(row.metrics)
+                + 16 * len(row.meta) + 32 * len(row.extra))  # about its Avro size
         with self._cond:
             if self._closed:
                 raise ProducerClosedError("reading buffer is closed")
@@ -147,9 +140,22 @@ class ReadingBuffer:
             part.rows.append(row)
             part.callbacks.append(on_delivery)
             part.size += size
-            full = self._full(part)
+            full = (len(part.rows) >= self._max_readings or part.size >= self._max_bytes
+                    or self._linger_s <= 0)
         if full:
             self._send(lambda p, gathered: p == partition and self._full(gathered))
+
+    def _partition(self, device_id: str) -> int:
+        count = self._partitions
+        if count is None:
+            self._ready.wait()
+            count = self._partitions
+            if count is None:
+                raise ProducerClosedError("reading buffer closed before Kafka told its partitions")
+        partition = partition_for(device_id, count)
+        if len(self._partition_of) < 1_000_000:
+            self._partition_of[device_id] = partition
+        return partition
 
     def flush(self) -> None:
         """Produce every gathered reading now (without waiting for Kafka's answer)."""
@@ -245,7 +251,7 @@ class ReadingBuffer:
             self._produce(partition, good, good_callbacks)
 
     def _delivered(self, callbacks: list[DeliveryCallback | None], delivery: Delivery) -> None:
-        if delivery.ok:
+        if delivery.error is None:
             self._produced.inc(len(callbacks))
         _fan_out(callbacks, delivery)
 

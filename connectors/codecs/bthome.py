@@ -7,7 +7,10 @@ and a 4-byte MIC; the nonce is MAC + UUID (``d2 fc``) + device-information
 byte + counter.
 
 Metric names are the property names of bthome.io's object table in snake_case
-(``temperature``, ``humidity``, ``pm2_5``, ``mass_kg``, ``uv_index`` ...). A
+(``temperature``, ``humidity``, ``pm2_5``, ``mass_kg``, ``uv_index`` ...); metrics carry
+no unit, so where the table gives one property in two units the unit is part of
+the name (``mass_kg``/``mass_lb``, ``distance_mm``/``distance_m``, ``volume``
+in litres/``volume_ml``). A
 property sent more than once is numbered in packet order (``temperature_1``,
 ``temperature_2``), as bthome.io prescribes. Binary sensors give 0/1; the four
 whose property name is also a measurement are named after what 1 means, so
@@ -15,7 +18,10 @@ that a low-battery flag is never read as a 1 % battery: ``battery_low``,
 ``power_on``, ``gas_detected``, ``moisture_wet``. Events give a number
 (button: the event id; dimmer: steps, negative to the left) and their name in
 the metadata. Packet id, counter, device type, firmware, text, raw and
-timestamp objects go to the metadata.
+timestamp objects and the settings revision go to the metadata. A command
+(0x3B) gives its opcode as the metric ``command``, the opcode's name (when
+bthome.io names it) as ``command`` in the metadata and its arguments, hex,
+as ``command_args``.
 
 As bthome.io says, parsing stops at an object id that is not in the table;
 the measurements before it are kept and ``metadata["unparsed"]`` says where it
@@ -38,14 +44,15 @@ BTHOME_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
 _UUID_BYTES = b"\xd2\xfc"  # 0xFCD2, little-endian, as it is sent
 
 Kind = Literal[
-    "sensor", "binary", "button", "dimmer", "packet_id", "text", "raw", "timestamp",
-    "device_type", "firmware",
+    "sensor", "binary", "button", "dimmer", "command", "packet_id", "text", "raw", "timestamp",
+    "device_type", "firmware", "settings_revision",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class BthomeObject:
-    """One row of bthome.io's object table; ``size`` 0 means a length byte comes first."""
+    """One row of bthome.io's object table; ``size`` 0 means a length byte comes first
+    (for a command: the length of its arguments, after which come the opcode and them)."""
 
     name: str
     size: int
@@ -115,6 +122,7 @@ BTHOME_OBJECTS: dict[int, BthomeObject] = {
     0x2E: _s("humidity", 1),
     0x2F: _s("moisture", 1),
     0x3A: BthomeObject("button", 1, kind="button"),
+    0x3B: BthomeObject("command", 0, kind="command"),
     0x3C: BthomeObject("dimmer", 2, kind="dimmer"),
     0x3D: _s("count", 2),
     0x3E: _s("count", 4),
@@ -127,7 +135,7 @@ BTHOME_OBJECTS: dict[int, BthomeObject] = {
     0x45: _s("temperature", 2, _C1, signed=True),
     0x46: _s("uv_index", 1, _C1),
     0x47: _s("volume", 2, _C1),
-    0x48: _s("volume", 2),  # in mL, as bthome.io's table has it
+    0x48: _s("volume_ml", 2),
     0x49: _s("volume_flow_rate", 2, _C001),
     0x4A: _s("voltage", 2, _C1),
     0x4B: _s("gas", 3, _C001),
@@ -150,12 +158,13 @@ BTHOME_OBJECTS: dict[int, BthomeObject] = {
     0x5C: _s("power", 4, _C01, signed=True),
     0x5D: _s("current", 2, _C001, signed=True),
     0x5E: _s("direction", 2, _C01),
-    0x5F: _s("precipitation", 2),  # bthome.io: factor 1, 5FA00F gives 4000 mm
+    0x5F: _s("precipitation", 2, _C1),  # mm; bthome.io corrected its factor from 1 in May 2025
     0x60: _s("channel", 1),
     0x61: _s("rotational_speed", 2),
     0x62: _s("speed", 4, _C0001, signed=True),
     0x63: _s("acceleration", 4, _C0001, signed=True),
     0x64: _s("light_level", 1),
+    0x65: BthomeObject("settings_revision", 1, kind="settings_revision"),
     0xF0: BthomeObject("device_type_id", 2, kind="device_type"),
     0xF1: BthomeObject("firmware_version", 4, kind="firmware"),
     0xF2: BthomeObject("firmware_version", 3, kind="firmware"),
@@ -166,6 +175,8 @@ _BUTTON_EVENTS = {
     0x05: "long_double_press", 0x06: "long_triple_press", 0x80: "hold_press",
 }
 _DIMMER_EVENTS = {0x00: (None, 0), 0x01: ("rotate_left", -1), 0x02: ("rotate_right", 1)}
+_COMMANDS = {0x00: "off", 0x01: "on", 0x02: "toggle", 0x03: "step_up", 0x04: "step_down"}
+_COMMAND_ARGS_MASK = 0x1F  # the length byte's high 3 bits are reserved
 _COUNTER_AND_MIC = 8
 
 
@@ -249,9 +260,11 @@ def _decrypt(data: bytes, start: int, bind_key: bytes | None, mac: bytes | None)
     return data[:start] + plain + data[counter_at:]
 
 
+_Entry = tuple[str, float | None, MetadataValue | None]  # (name, metric or None, metadata or None)
+
+
 def _objects(data: bytes, start: int, metadata: dict[str, MetadataValue]) -> Decoded:
-    # (name, metric value or None, metadata value or None), in packet order
-    entries: list[tuple[str, float | None, MetadataValue | None]] = []
+    entries: list[_Entry] = []  # in packet order
     at = start
     while at < len(data):
         obj_id = data[at]
@@ -262,8 +275,12 @@ def _objects(data: bytes, start: int, metadata: dict[str, MetadataValue]) -> Dec
                 raise DecodeError(f"BTHome {where}", offset=at)
             metadata["unparsed"] = where  # bthome.io: a receiver stops at an unknown id
             break
-        entry, at = _object(data, at + 1, spec, obj_id)
-        entries.append(entry)
+        if spec.kind == "command":
+            found, at = _command(data, at + 1, spec, obj_id)
+            entries.extend(found)
+        else:
+            entry, at = _object(data, at + 1, spec, obj_id)
+            entries.append(entry)
     metrics: dict[str, float] = {}
     seen = Counter(name for name, _, _ in entries)
     numbered: Counter[str] = Counter()
@@ -277,20 +294,33 @@ def _objects(data: bytes, start: int, metadata: dict[str, MetadataValue]) -> Dec
     return Decoded(metrics, metadata)
 
 
-def _object(
-    data: bytes, at: int, spec: BthomeObject, obj_id: int
-) -> tuple[tuple[str, float | None, MetadataValue | None], int]:
+def _command(data: bytes, at: int, spec: BthomeObject, obj_id: int) -> tuple[list[_Entry], int]:
+    """A command's two entries (opcode, arguments), and the offset after it."""
+    what = f"BTHome {spec.name} (object id 0x{obj_id:02x})"
+    length = read_int(data, at, 1, signed=False, little_endian=True, what=what)
+    chunk = _chunk(data, at + 1, 1 + (length & _COMMAND_ARGS_MASK), what)
+    opcode, args = chunk[0], chunk[1:]
+    entries: list[_Entry] = [(spec.name, float(opcode), _COMMANDS.get(opcode)),
+                             ("command_args", None, args.hex())]
+    return entries, at + 1 + len(chunk)
+
+
+def _chunk(data: bytes, at: int, size: int, what: str) -> bytes:
+    if at + size > len(data):
+        raise DecodeError(
+            f"{what} needs {size} bytes at byte {at}, only {len(data) - at} left", offset=at
+        )
+    return data[at : at + size]
+
+
+def _object(data: bytes, at: int, spec: BthomeObject, obj_id: int) -> tuple[_Entry, int]:
     """One object's entry, and the offset after it; ``at`` is just past the object id."""
     what = f"BTHome {spec.name} (object id 0x{obj_id:02x})"
     size = spec.size
     if size == 0:  # text and raw: a length byte, then that many bytes
         size = read_int(data, at, 1, signed=False, little_endian=True, what=what)
         at += 1
-        if at + size > len(data):
-            raise DecodeError(
-                f"{what} needs {size} bytes at byte {at}, only {len(data) - at} left", offset=at
-            )
-        chunk = data[at : at + size]
+        chunk = _chunk(data, at, size, what)
         if spec.kind == "raw":
             return (spec.name, None, chunk.hex()), at + size
         try:
@@ -321,4 +351,4 @@ def _object(
     if spec.kind == "firmware":
         parts = raw.to_bytes(size, "little")[::-1]
         return (spec.name, None, ".".join(str(p) for p in parts)), end
-    return (spec.name, None, float(raw)), end  # packet id, device type id
+    return (spec.name, None, float(raw)), end  # packet id, device type id, settings revision

@@ -119,13 +119,18 @@ TABLE_VECTORS = [
     ("voltage 0.1", "4A020C", {"voltage": 307.4}),
     ("volume uint32", "4E87562A01", {"volume": 19551.879}),
     ("volume 0.1", "478756", {"volume": 2215.1}),
-    ("volume mL", "48DC87", {"volume": 34780.0}),
+    ("volume mL", "48DC87", {"volume_ml": 34780.0}),
     ("volume storage", "5587562A01", {"volume_storage": 19551.879}),
     ("volume flow rate", "49DC87", {"volume_flow_rate": 34.78}),
     ("UV index", "4632", {"uv_index": 5.0}),
     ("water", "4F87562A01", {"water": 19551.879}),
     ("direction", "5E9F8C", {"direction": 359.99}),
-    ("precipitation", "5FA00F", {"precipitation": 4000.0}),
+    ("precipitation", "5FA00F", {"precipitation": 400.0}),
+    ("channel", "6001", {"channel": 1.0}),
+    ("rotational speed", "61AC0D", {"rotational_speed": 3500.0}),
+    ("speed sint32", "624099DFFF", {"speed": -2.123456}),
+    ("acceleration sint32", "630057D0FF", {"acceleration": -3.123456}),
+    ("light level", "6402", {"light_level": 2.0}),
     ("binary battery", "1501", {"battery_low": 1.0}),
     ("binary battery charging", "1601", {"battery_charging": 1.0}),
     ("binary carbon monoxide", "1700", {"carbon_monoxide": 0.0}),
@@ -144,6 +149,17 @@ TABLE_METADATA_VECTORS = [
     ("device type id", "F00100", {"device_type_id": 1.0}),
     ("firmware version uint32", "F100010204", {"firmware_version": "4.2.1.0"}),
     ("firmware version uint24", "F2000106", {"firmware_version": "6.1.0"}),
+    ("settings revision", "6503", {"settings_revision": 3.0}),
+]
+
+# bthome.io, the events table: command (0x3B) examples
+COMMAND_VECTORS = [
+    ("off", "3B0000", 0.0, {"command": "off", "command_args": ""}),
+    ("on", "3B0001", 1.0, {"command": "on", "command_args": ""}),
+    ("toggle", "3B0002", 2.0, {"command": "toggle", "command_args": ""}),
+    ("step up 5 steps", "3B010305", 3.0, {"command": "step_up", "command_args": "05"}),
+    ("step down 5 steps", "3B010405", 4.0, {"command": "step_down", "command_args": "05"}),
+    ("an opcode bthome.io does not name", "3B02F0AABB", 240.0, {"command_args": "aabb"}),
 ]
 
 
@@ -170,6 +186,18 @@ def test_object_table_examples(hex_object: str, metrics: dict[str, float]) -> No
 def test_object_table_examples_that_are_metadata(hex_object: str, metadata: dict[str, Any]) -> None:
     """Alone they carry no measurement; behind a battery reading they are its metadata."""
     assert decode_bthome(bytes.fromhex("400161" + hex_object)) == reading({"battery": 97.0}, **metadata)
+
+
+@pytest.mark.parametrize(("hex_object", "opcode", "metadata"),
+                         [pytest.param(h, o, m, id=n) for n, h, o, m in COMMAND_VECTORS])
+def test_command_examples(hex_object: str, opcode: float, metadata: dict[str, Any]) -> None:
+    assert decode_bthome(bytes.fromhex("40" + hex_object)) == reading({"command": opcode}, **metadata)
+
+
+def test_two_commands_are_numbered_with_their_arguments() -> None:
+    assert decode_bthome(bytes.fromhex("403b00013b010305")) == reading(
+        {"command_1": 1.0, "command_2": 3.0},
+        command_1="on", command_args_1="", command_2="step_up", command_args_2="05")
 
 
 def test_encryption_page_worked_example() -> None:
@@ -226,6 +254,8 @@ def test_reference_encrypted_with_mac_in_payload() -> None:
                  id="truncated-temperature"),
     pytest.param("403a07", {}, "BTHome button (object id 0x3a) event 0x07 unknown at byte 2", 2,
                  id="unknown-button-event"),
+    pytest.param("403b0107", {}, "BTHome command (object id 0x3b) needs 2 bytes at byte 3, only 1 left",
+                 3, id="truncated-command"),
     pytest.param("", {}, "BTHome service data is empty", 0, id="empty"),
 ])
 def test_invalid_service_data(hex_data: str, options: dict[str, Any], message: str,

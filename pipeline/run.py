@@ -53,16 +53,8 @@ def main(settings: Settings, *, devices: int = 5, simulate: bool = True) -> int:
 
     login_hint = ensure_admin(settings)  # the stack ran the migrations: the users table exists
     stop(settings, quiet=True, stack_too=False)  # leftovers of an earlier run
-    children = {
-        "worker": _spawn(settings, "worker", "worker"),
-        "connector-mqtt": _spawn(settings, "connector-mqtt", "connect", "mqtt"),
-        "connector-gsm": _spawn(settings, "connector-gsm", "connect", "gsm"),
-        "connector-lorawan": _spawn(settings, "connector-lorawan", "connect", "lorawan"),
-        "api": _spawn(settings, "api", "api"),
-    }
-    if simulate:
-        children["simulator"] = _spawn(settings, "simulator", "simulate", "--devices", str(devices),
-                                       "--protocols", _SIMULATED)
+    commands = _commands(settings, devices=devices, simulate=simulate)
+    children = {name: _spawn(settings, name, *args) for name, args in commands.items()}
     _record_pids(settings, children)
     deadline = time.monotonic() + 60
     while not _api_healthy(settings) and time.monotonic() < deadline:
@@ -92,18 +84,33 @@ def main(settings: Settings, *, devices: int = 5, simulate: bool = True) -> int:
         for name, child in children.items():
             if child.poll() is not None and not stopping:
                 print(f"{name} exited ({child.returncode}); restarting", file=sys.stderr)
-                args = {"worker": ("worker",), "connector-mqtt": ("connect", "mqtt"),
-                        "connector-gsm": ("connect", "gsm"),
-                        "connector-lorawan": ("connect", "lorawan"), "api": ("api",),
-                        "simulator": ("simulate", "--devices", str(devices),
-                                      "--protocols", _SIMULATED)}[name]
-                children[name] = _spawn(settings, name, *args)
+                children[name] = _spawn(settings, name, *commands[name])
         _record_pids(settings, children)
     print("stopping ...", flush=True)
     _terminate(children)
     _pids_file(settings).unlink(missing_ok=True)
     stack.down(settings)
     return 0
+
+
+def _commands(settings: Settings, *, devices: int, simulate: bool) -> dict[str, tuple[str, ...]]:
+    """The processes of a run, by name: what each is started (and restarted) with."""
+    commands: dict[str, tuple[str, ...]] = {"worker": ("worker",)}
+    # MQTT connectors share the devices' messages (settings.mqtt_share_group); each has a
+    # client id, and so a broker session, of its own, the same on every run: a restarted
+    # connector gets the messages the broker kept for it.
+    for index in range(settings.mqtt_connectors):
+        if index == 0:
+            commands["connector-mqtt"] = ("connect", "mqtt")
+        else:
+            commands[f"connector-mqtt-{index}"] = (
+                "connect", "mqtt", "--client-id", f"{settings.mqtt_client_id}-{index}")
+    commands["connector-gsm"] = ("connect", "gsm")
+    commands["connector-lorawan"] = ("connect", "lorawan")
+    commands["api"] = ("api",)
+    if simulate:
+        commands["simulator"] = ("simulate", "--devices", str(devices), "--protocols", _SIMULATED)
+    return commands
 
 
 def _record_pids(settings: Settings, children: dict[str, subprocess.Popen[bytes]]) -> None:

@@ -60,8 +60,8 @@ from connectors.reading import ReadingRow
 from pipeline.settings import Settings, Topics
 from schemas.records import SystemEvent
 
-__all__ = ["SESSION_EXPIRY_S", "MqttConnector", "OutRecord", "Output", "Parser", "Translator", "main",
-           "run"]
+__all__ = ["SESSION_EXPIRY_S", "MqttConnector", "OutRecord", "Output", "Parser", "Translator",
+           "forget_session", "main", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +168,8 @@ class MqttConnector:
         self._stop_requested = threading.Event()
         self._stopping = threading.Event()
         self._connected = threading.Event()
+        self._left = threading.Event()
+        self.received = 0  # messages taken in so far
         self._up = False
         self._failure: str | None = None
 
@@ -215,6 +217,7 @@ class MqttConnector:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_unsubscribe = self._on_unsubscribe
         self._client = client
         self._retry_thread = threading.Thread(
             target=self._retry_loop, name=f"{self.stage}-retry", daemon=True
@@ -229,6 +232,14 @@ class MqttConnector:
         else:
             client.connect_async(self.host, self.port, self._keepalive_s)
         client.loop_start()
+
+    def leave(self, timeout: float = 10.0) -> bool:
+        """Unsubscribe, so that the broker stops handing this session messages (a shared
+        subscription's other members get them); True once the broker confirmed."""
+        if self._client is None:
+            return False
+        self._client.unsubscribe(self.subscription)
+        return self._left.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> int:
         """Stop; returns how many records Kafka had not taken within ``timeout`` s.
@@ -285,6 +296,10 @@ class MqttConnector:
             self._up = True
             self._event("connector_up", f"subscribed to {self.subscription}")
 
+    def _on_unsubscribe(self, client: paho.Client, userdata: Any, mid: int,
+                        reasons: list[ReasonCode], properties: Any) -> None:
+        self._left.set()
+
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: paho.DisconnectFlags,
         reason: ReasonCode, properties: Any,
@@ -305,6 +320,7 @@ class MqttConnector:
         if self._stopping.is_set():
             return  # left unacknowledged: the broker redelivers it to the next session
         self._received.inc()
+        self.received += 1  # only this thread writes it
         topic, payload = message.topic, bytes(message.payload)  # bytes(bytes) is no copy
         outputs = self._translate(topic, payload)
         entry = _Pending(message.mid, message.qos, len(outputs), topic, payload)
@@ -478,11 +494,15 @@ def run(
     host: str | None = None,
     port: int | None = None,
     metrics_port: int | None = None,
+    retire: bool = False,
 ) -> int:
     """Run a connector of this kind until SIGINT/SIGTERM; 0 on a clean stop, 1 on failure.
 
     ``host``/``port`` override the settings' MQTT broker (e.g. ChirpStack's own);
     ``metrics_port`` serves the Prometheus counters on ``settings.metrics_host``.
+    ``retire`` ends the client id's session instead: take what the broker kept for
+    it until nothing more comes, leave the (shared) subscription, and have the
+    broker forget the session, so that no share of the messages waits there.
     """
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -505,16 +525,43 @@ def run(
                 return 0
             logger.info("%s: waiting for Kafka at %s", connector.stage, settings.kafka_bootstrap)
         connector.start()
-        while not connector.wait(1.0):
-            pass
+        if retire:
+            _drain(connector)
+        else:
+            while not connector.wait(1.0):
+                pass
         left = connector.stop()
     if left:
         logger.warning("%s: %d records not taken by Kafka; the broker will redeliver them",
                        connector.stage, left)
+    elif retire and not connector.failure:
+        forget_session(connector.host, connector.port, connector.client_id)
+        logger.info("%s: session %s retired", connector.stage, connector.client_id)
     return 1 if connector.failure else 0
 
 
-def main(settings: Settings, *, client_id: str | None = None) -> int:
+def _drain(connector: MqttConnector, quiet_s: float = 3.0) -> None:
+    """Take messages until none came for ``quiet_s``, then leave the subscription."""
+    if not connector.wait_connected(30):
+        connector.request_stop()
+        return
+    seen = -1
+    while seen != connector.received and not connector.wait(quiet_s):
+        seen = connector.received
+    connector.leave()
+    connector.wait(1.0)  # messages the broker sent before it took the unsubscribe
+
+
+def forget_session(host: str, port: int, client_id: str) -> None:
+    """Have the broker drop the persistent session of ``client_id`` (and what it queued)."""
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+                         clean_session=True, protocol=paho.MQTTv311)
+    client.connect(host, port)
+    client.disconnect()
+
+
+def main(settings: Settings, *, client_id: str | None = None, retire: bool = False) -> int:
     """``webscada connect mqtt``: the MQTT connector for ``devices/+/telemetry``, one of the
     processes sharing ``$share/{settings.mqtt_share_group}/devices/+/telemetry``."""
-    return run(settings, client_id=client_id, shared_group=settings.mqtt_share_group or None)
+    return run(settings, client_id=client_id, shared_group=settings.mqtt_share_group or None,
+               retire=retire)

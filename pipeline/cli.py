@@ -42,7 +42,7 @@ def _connect(args: argparse.Namespace) -> int:
     if args.protocol == "mqtt":
         from connectors.mqtt import main as mqtt_main
 
-        return mqtt_main(get_settings(), client_id=args.client_id)
+        return mqtt_main(get_settings(), client_id=args.client_id, retire=args.retire)
     if args.protocol == "gsm":
         from connectors.gsm import main as gsm_main
 
@@ -145,6 +145,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("protocol", choices=["mqtt", "gsm", "lorawan", "bluetooth"])
     p.add_argument("--client-id", help="mqtt, gsm, lorawan: MQTT client id (its persistent session)")
     p.add_argument("--metrics-port", type=int, help="gsm, lorawan: serve Prometheus metrics here")
+    p.add_argument("--retire", action="store_true",
+                   help="mqtt: take what the broker kept for this client id, then end its session")
     p.add_argument("--config", help="bluetooth: TOML or JSON file mapping addresses to device ids")
     p.set_defaults(func=_connect)
 

@@ -53,6 +53,7 @@ def main(settings: Settings, *, devices: int = 5, simulate: bool = True) -> int:
 
     login_hint = ensure_admin(settings)  # the stack ran the migrations: the users table exists
     stop(settings, quiet=True, stack_too=False)  # leftovers of an earlier run
+    _retire_mqtt_connectors(settings)
     commands = _commands(settings, devices=devices, simulate=simulate)
     children = {name: _spawn(settings, name, *args) for name, args in commands.items()}
     _record_pids(settings, children)
@@ -111,6 +112,33 @@ def _commands(settings: Settings, *, devices: int, simulate: bool) -> dict[str, 
     if simulate:
         commands["simulator"] = ("simulate", "--devices", str(devices), "--protocols", _SIMULATED)
     return commands
+
+
+def _retire_mqtt_connectors(settings: Settings) -> None:
+    """End the broker sessions of MQTT connectors an earlier run had and this one has not:
+    as members of the shared subscription they would go on collecting a share of the
+    devices' messages. Each takes what was kept for it, then leaves."""
+    state = settings.stack_dir / "mqtt-connectors"
+    try:
+        before = int(state.read_text())
+    except (OSError, ValueError):
+        before = 0
+    retiring = [_spawn(settings, f"connector-mqtt-{index}-retire", "connect", "mqtt", "--retire",
+                       "--client-id", f"{settings.mqtt_client_id}-{index}")
+                for index in range(max(settings.mqtt_connectors, 1), before)]
+    deadline = time.monotonic() + 120
+    for child in retiring:
+        try:
+            child.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGTERM)
+            child.wait()
+    failed = [child for child in retiring if child.returncode != 0]
+    if retiring:
+        print(f"retired {len(retiring) - len(failed)} of {len(retiring)} MQTT connector sessions"
+              " of an earlier run", flush=True)
+    # A session not retired stays on record, so that the next run tries again.
+    state.write_text(str(before if failed else settings.mqtt_connectors))
 
 
 def _record_pids(settings: Settings, children: dict[str, subprocess.Popen[bytes]]) -> None:

@@ -95,6 +95,7 @@ class FakeMqtt:
     on_disconnect: Any = None
     on_subscribe: Any = None
     on_message: Any = None
+    on_unsubscribe: Any = None
     connect_options: dict[str, Any] = field(default_factory=dict)
 
     def ack(self, mid: int, qos: int) -> int:
@@ -107,6 +108,8 @@ class FakeMqtt:
 
     def unsubscribe(self, topic: str) -> tuple[int, int]:
         self.unsubscriptions.append(topic)
+        if self.on_unsubscribe is not None:
+            self.on_unsubscribe(self, None, 2, [], None)
         return 0, 2
 
     def enable_logger(self, logger: Any) -> None:

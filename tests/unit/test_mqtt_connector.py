@@ -18,6 +18,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from connectors.mqtt import SESSION_EXPIRY_S, MqttConnector
+from connectors.mqtt import _drain as drain
 from connectors.payload import ParsedReading, parse_reading
 from connectors.producer import RecordProducer
 from pipeline.producer import partition_for
@@ -325,3 +326,14 @@ def test_shared_subscription_and_a_session_from_before_it(kafka: FakeKafka, mqtt
     (telemetry,) = raw_readings(kafka)
     assert telemetry.device_id == "dev-1"
     connector.stop(timeout=0)
+
+
+def test_a_retiring_connector_takes_what_was_kept_then_leaves(kafka: FakeKafka, mqtt: FakeMqtt) -> None:
+    connector = started(kafka, mqtt, shared_group="webscada")
+    connect(mqtt)
+    mqtt.on_message(mqtt, None, message(6, GOOD))  # kept for this session while it was away
+    drain(connector, quiet_s=0.05)
+    assert mqtt.unsubscriptions[-1] == "$share/webscada/devices/+/telemetry"
+    kafka.deliver_all()
+    connector.stop(timeout=0)
+    assert mqtt.acks == [(6, 1)]

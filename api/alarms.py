@@ -38,6 +38,7 @@ from pipeline.alarms.rules import (
 from pipeline.alarms.store import AlarmStore, StoredEvent, StoreUnavailable
 from pipeline.producer import AsyncProducer, Outgoing
 from pipeline.settings import Topics
+from schemas.latest import LATEST_KEY
 from schemas.records import DEVICE_ID_PATTERN, utcnow
 
 __all__ = ["PUBLISH_TIMEOUT_S", "Conflict", "alarm_routes"]
@@ -263,7 +264,8 @@ async def _condition_normal(request: Request, alarm: dict[str, Any]) -> bool:
     if rule is None or not rule.enabled:
         return True  # no rule judges it any more
     try:
-        found = await services_of(request).redis.hgetall(f"webscada:latest:{alarm['device_id']}")
+        found = await services_of(request).redis.hgetall(
+            LATEST_KEY.format(device_id=alarm["device_id"]))
     except Exception as exc:
         raise ServiceUnavailable("Redis unavailable", str(exc)) from exc
     latest = cast(dict[str, str], found)

@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _MAX_NAME = 200
 _MAX_APPLICATION = 128
-_COLUMNS = "id, name, protocol, application_id, created_at, last_seen, api_key_hash IS NOT NULL"
+_COLUMNS = ("id, name, protocol, application_id, created_at, last_seen, api_key_hash IS NOT NULL,"
+            " identifiers")
 
 
 class Conflict(ApiError):
@@ -57,6 +58,8 @@ _DEVICE = {
         "created_at": {"type": "string", "format": "date-time"},
         "last_seen": {"type": "string", "nullable": True, "format": "date-time"},
         "has_api_key": {"type": "boolean"},
+        "identifiers": {"type": "object", "additionalProperties": {"type": "string"},
+                        "description": "hardware identifiers its readings carried (imei, ...)"},
     },
 }
 _CREATED = {**_DEVICE, "required": ["id", "protocol", "api_key"],
@@ -124,10 +127,10 @@ def _fields(body: dict[str, Any], principal: Principal, *, creating: bool) -> di
 
 
 def _json(row: tuple[Any, ...]) -> dict[str, Any]:
-    device_id, name, protocol, application_id, created_at, last_seen, has_key = row
+    device_id, name, protocol, application_id, created_at, last_seen, has_key, identifiers = row
     return {"id": device_id, "name": name, "protocol": protocol, "application_id": application_id,
             "created_at": iso_utc(created_at), "last_seen": _iso(last_seen),
-            "has_api_key": bool(has_key)}
+            "has_api_key": bool(has_key), "identifiers": identifiers or {}}
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any, cast
+from typing import cast
 
 import psycopg
 import redis.exceptions
@@ -18,15 +18,13 @@ from api.auth import principal_of, requires_auth
 from api.errors import InvalidField, NotFound, ServiceUnavailable
 from api.openapi import describe
 from api.services import services_of
+from schemas.latest import LATEST_KEY, TIMES_KEY, latest_view
 from schemas.records import DEVICE_ID_PATTERN, iso_utc
 
-__all__ = ["LATEST_KEY", "device_routes", "latest_json"]
+__all__ = ["device_routes"]
 
 log = logging.getLogger(__name__)
 
-LATEST_KEY = "webscada:latest:{device_id}"
-# Hash fields that stay text; every other field is a number (a metric or signal/battery/snr).
-_TEXT_FIELDS = frozenset({"ts", "protocol", "application_id", "status", "gateway_id"})
 _MAX_LIMIT = 5000
 
 
@@ -52,20 +50,6 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
 
 def _iso(moment: datetime | None) -> str | None:
     return iso_utc(moment) if moment is not None else None
-
-
-def latest_json(fields: dict[str, str]) -> dict[str, Any]:
-    """The Redis latest-values hash as JSON: numbers as floats, ``ts``/``protocol`` as text."""
-    out: dict[str, Any] = {}
-    for name, raw in fields.items():
-        if name in _TEXT_FIELDS:
-            out[name] = raw
-            continue
-        try:
-            out[name] = float(raw)
-        except ValueError:
-            out[name] = raw  # a field some writer stored as text; pass it through untouched
-    return out
 
 
 _DEVICE = {
@@ -122,13 +106,17 @@ async def list_devices(request: Request) -> Response:
                                                      "protocol": {"type": "string"}}})
 @requires_auth
 async def latest_values(request: Request) -> Response:
-    """A device's latest values (Redis): one number per metric, plus ts and protocol."""
+    """A device's latest values (Redis): one number per metric, plus ts and protocol, and
+    ``times``: each metric's own device time."""
     device_id = _device_id(request)
     await require_device(request, principal_of(request), device_id)
     client = services_of(request).redis
     try:
         # decode_responses=True: keys and values come back as str.
-        fields = cast(dict[str, str], await client.hgetall(LATEST_KEY.format(device_id=device_id)))
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(LATEST_KEY.format(device_id=device_id))
+            pipe.hgetall(TIMES_KEY.format(device_id=device_id))
+            fields, times = cast(list[dict[str, str]], await pipe.execute())
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         log.warning("GET /api/devices/%s/latest: Redis unavailable: %s", device_id, exc)
         raise ServiceUnavailable("Redis unavailable", str(exc)) from exc
@@ -138,7 +126,7 @@ async def latest_values(request: Request) -> Response:
             "no latest values",
             f"device {device_id} is unknown or sent no reading in the last {ttl_s} s",
         )
-    return JSONResponse(latest_json(fields))
+    return JSONResponse(latest_view(fields, times))
 
 
 def device_routes() -> list[Route]:

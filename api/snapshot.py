@@ -9,32 +9,37 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from api.auth import Principal
-from api.devices import LATEST_KEY, latest_json
 from api.errors import ServiceUnavailable
 from api.rooms import Room
 from api.services import Services
+from schemas.latest import LATEST_KEY, NUMERIC_METADATA, TIMES_KEY, latest_view, metric_names
 
 __all__ = ["MAX_SNAPSHOT_DEVICES", "snapshot_events", "snapshot_reading"]
 
 log = logging.getLogger(__name__)
 
 MAX_SNAPSHOT_DEVICES = 500
-_METADATA = ("signal_strength", "battery_level", "snr", "gateway_id")
-_ENVELOPE = frozenset({"ts", "protocol", "application_id", "status", *_METADATA})
-
-
-def snapshot_reading(device_id: str, fields: dict[str, str]) -> dict[str, Any]:
-    """A Redis latest-values hash as a ``telemetry`` event payload, marked as a snapshot."""
-    values = latest_json(fields)
+def snapshot_reading(device_id: str, fields: dict[str, str],
+                     times: dict[str, str] | None = None) -> dict[str, Any]:
+    """A Redis latest-values hash as a ``telemetry`` event payload, marked as a snapshot;
+    ``times`` gives each metric's own device time (the hash's ``ts`` is the newest)."""
+    values = latest_view(fields, times)
+    metadata: dict[str, Any] = {name: values[field] for name, field in NUMERIC_METADATA.items()
+                                if field in values and name not in ("lat", "lon")}
+    if "gateway_id" in values:
+        metadata["gateway_id"] = values["gateway_id"]
+    if "location_lat" in values and "location_lon" in values:
+        metadata["location"] = {"lat": values["location_lat"], "lon": values["location_lon"]}
+    metrics = {k: values[k] for k in metric_names(fields) if isinstance(values[k], float)}
     return {
         "device_id": device_id,
         "ts": values.get("ts"),
         "protocol": values.get("protocol"),
         "application_id": values.get("application_id"),
         "status": values.get("status"),
-        "metrics": {k: v for k, v in values.items()
-                    if k not in _ENVELOPE and isinstance(v, float)},
-        "metadata": {k: values[k] for k in _METADATA if k in values},
+        "metrics": metrics,
+        "metric_times": {k: at for k, at in values.get("times", {}).items() if k in metrics},
+        "metadata": metadata,
         "snapshot": True,
     }
 
@@ -66,9 +71,10 @@ async def snapshot_events(
     async with services.redis.pipeline(transaction=False) as pipe:
         for device_id in device_ids:
             pipe.hgetall(LATEST_KEY.format(device_id=device_id))
+            pipe.hgetall(TIMES_KEY.format(device_id=device_id))
         hashes = cast(list[dict[str, str]], await pipe.execute())
     return [
-        ("telemetry", snapshot_reading(device_id, fields))
-        for device_id, fields in zip(device_ids, hashes, strict=True)
+        ("telemetry", snapshot_reading(device_id, fields, times))
+        for device_id, fields, times in zip(device_ids, hashes[::2], hashes[1::2], strict=True)
         if fields and "ts" in fields
     ]

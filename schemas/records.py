@@ -38,10 +38,19 @@ __all__ = [
 ]
 
 DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-METRIC_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,127}$")
+# No leading underscore: InfluxDB reserves such keys (_measurement, _field, _value, _time ...).
+METRIC_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 PROTOCOLS = frozenset({"mqtt", "http", "websocket", "lorawan", "gsm", "bluetooth"})
-# Metric names that would collide with the fixed fields of the Redis hash and InfluxDB point.
-RESERVED_METRICS = frozenset({"ts", "protocol", "signal_strength", "battery_level", "snr"})
+# Metric names a store keeps for something else, so that every accepted metric is stored
+# the same way in Redis, InfluxDB and the API. The one list: every ingest path and the
+# validate agent refuse these.
+RESERVED_METRICS = frozenset({
+    # the Redis latest hash's own fields (and the reading's envelope)
+    "ts", "protocol", "application_id", "status", "gateway_id",
+    "signal_strength", "battery_level", "snr", "location_lat", "location_lon",
+    # InfluxDB: tag keys of every point, and the key line protocol refuses as a field
+    "device_id", "time",
+})
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 

@@ -2,7 +2,9 @@
 
 One point per reading: measurement ``telemetry``, tags ``application_id``
 (when known), ``device_id`` and ``protocol``, one float field per metric plus
-the numeric metadata, timestamped with the device time in microseconds. A
+the numeric metadata (``signal_strength``, ``battery_level``, ``snr``, and the
+location as ``location_lat``/``location_lon``), timestamped with the device
+time in microseconds. A
 point is identified by measurement, tags and time, so writing a reading twice
 leaves a single point: the sink is idempotent without bookkeeping.
 
@@ -19,7 +21,8 @@ from influxdb_client.rest import ApiException
 
 from pipeline.errors import PermanentSinkError, TransientSinkError
 from pipeline.sinks.base import Sink
-from schemas.batch import META_NUMBERS, ReadingBatch
+from schemas.batch import ReadingBatch
+from schemas.latest import NUMERIC_METADATA
 
 __all__ = ["MEASUREMENT", "InfluxSink", "line_of", "lines_of"]
 
@@ -49,10 +52,7 @@ def line_of(batch: ReadingBatch, i: int, _tags: dict[tuple[str, str, str | None]
     fields = ",".join([f"{name}={value!r}" for name, value in batch.metrics[i].items()])
     meta = batch.meta[i]
     if meta:
-        extra = [f"{name}={number!r}" for name in META_NUMBERS
-                 if (number := meta.get(name)) is not None]
-        if extra:
-            fields += "," + ",".join(extra)
+        fields += "," + ",".join([f"{NUMERIC_METADATA[name]}={number!r}" for name, number in meta.items()])
     return f"{head}{fields} {batch.ts[i]}"
 
 

@@ -19,12 +19,17 @@ from schemas.batch import ReadingBatch, iso_micros
 
 __all__ = ["PostgresDeviceSink"]
 
+# metadata.extra keys that identify a device's hardware and are kept in devices.identifiers
+# (counters such as f_cnt change with every reading and are not).
+IDENTIFIER_KEYS = frozenset({"imei", "iccid", "imsi", "dev_addr", "address", "serial"})
+
 _UPSERT = """
-INSERT INTO devices (id, protocol, application_id, last_seen, last_message_id)
-SELECT id, protocol, application_id, last_seen, message_id
-FROM jsonb_to_recordset(%s::jsonb)
-    AS u(id text, protocol text, application_id text, last_seen timestamptz, message_id text)
+INSERT INTO devices (id, protocol, application_id, last_seen, last_message_id, identifiers)
+SELECT id, protocol, application_id, last_seen, message_id, identifiers
+FROM jsonb_to_recordset(%s::jsonb) AS u(id text, protocol text, application_id text,
+                                         last_seen timestamptz, message_id text, identifiers jsonb)
 ON CONFLICT (id) DO UPDATE SET
+    identifiers = devices.identifiers || EXCLUDED.identifiers,
     last_message_id = CASE
         WHEN devices.last_seen IS NULL OR EXCLUDED.last_seen >= devices.last_seen
         THEN EXCLUDED.last_message_id ELSE devices.last_message_id END,
@@ -34,10 +39,12 @@ ON CONFLICT (id) DO UPDATE SET
 
 _TOUCH_KNOWN = """
 UPDATE devices AS d SET
+    identifiers = d.identifiers || u.identifiers,
     last_message_id = CASE WHEN d.last_seen IS NULL OR u.last_seen >= d.last_seen
                            THEN u.message_id ELSE d.last_message_id END,
     last_seen = GREATEST(d.last_seen, u.last_seen)
-FROM jsonb_to_recordset(%s::jsonb) AS u(id text, last_seen timestamptz, message_id text)
+FROM jsonb_to_recordset(%s::jsonb)
+    AS u(id text, last_seen timestamptz, message_id text, identifiers jsonb)
 WHERE d.id = u.id
 """
 
@@ -57,14 +64,21 @@ class PostgresDeviceSink(Sink):
     async def write(self, batch: ReadingBatch) -> None:
         assert self._pool is not None, "setup() first"
         newest: dict[str, int] = {}  # device id → index of its newest reading
+        identifiers: dict[str, dict[str, str]] = {}
         ts = batch.ts
+        extra = batch.extra
         for i, device_id in enumerate(batch.device_id):
             seen = newest.get(device_id)
             if seen is None or ts[i] >= ts[seen]:
                 newest[device_id] = i
+            if extra[i]:  # readings in device order: the newest value of a key wins
+                found = {k: v for k, v in extra[i].items() if k in IDENTIFIER_KEYS}
+                if found:
+                    identifiers.setdefault(device_id, {}).update(found)
         rows = orjson.dumps([
             {"id": device_id, "protocol": batch.protocol[i], "application_id": batch.application_id[i],
-             "last_seen": iso_micros(ts[i]), "message_id": batch.message_id[i]}
+             "last_seen": iso_micros(ts[i]), "message_id": batch.message_id[i],
+             "identifiers": identifiers.get(device_id, {})}
             for device_id, i in newest.items()
         ]).decode()
         try:

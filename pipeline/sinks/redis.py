@@ -1,6 +1,8 @@
-"""Latest values per device in a Redis hash (DESIGN section 5)."""
+"""Latest values per device in Redis (the shape: :mod:`schemas.latest`)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -17,36 +19,58 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.errors import PermanentSinkError, TransientSinkError
 from pipeline.sinks.base import Sink
-from schemas.batch import META_NUMBERS, ReadingBatch, iso_micros
+from schemas.batch import ReadingBatch, iso_micros
+from schemas.latest import LATEST_KEY, NUMERIC_METADATA, TIMES_KEY
 
-__all__ = ["LATEST_KEY", "RedisLatestSink", "latest_fields"]
+__all__ = ["RedisLatestSink", "latest_fields"]
 
-LATEST_KEY = "webscada:latest:{device_id}"
-
-# One call per group of devices. KEYS: their hashes; ARGV[1]: the TTL; ARGV[2]: JSON, per
-# key (in KEYS order) a list of readings oldest first, each [time, field, value, ...]. A
-# reading is written only when the stored one is not newer: ISO-8601 strings of fixed
-# width compare as the times they name. A key's TTL is refreshed when anything was
-# written to it. Packing every field as its own Redis argument cost the client more than
-# all the rest of the sink; one JSON argument is packed in C on both sides.
+# One call per group of devices. KEYS: per device its latest hash and its times hash;
+# ARGV[1]: the TTL; ARGV[2]: JSON, per device (in KEYS order) its readings oldest first,
+# each [time, [field, value, ...], [metric, value, ...]]. The fields of the first list
+# (protocol, status, metadata ...) and ``ts`` are written when the reading is not older
+# than the hash's ``ts``; each metric when the reading is not older than that metric's
+# own time. ISO-8601 strings of fixed width compare as the times they name. Packing every
+# field as its own Redis argument cost the client more than the rest of the sink; one
+# JSON argument is packed in C on both sides.
 _WRITE_IF_NEWER = """
 local ttl = tonumber(ARGV[1])
 local data = cjson.decode(ARGV[2])
 local wrote = 0
-for k = 1, #KEYS do
-  local key = KEYS[k]
+for k = 1, #data do
+  local key, times_key = KEYS[2 * k - 1], KEYS[2 * k]
   local current = redis.call('HGET', key, 'ts')
   local before = wrote
   for _, reading in ipairs(data[k]) do
-    local ts = reading[1]
+    local ts, fields, metrics = reading[1], reading[2], reading[3]
     if not current or ts >= current then
-      redis.call('HSET', key, 'ts', unpack(reading))
+      redis.call('HSET', key, 'ts', ts, unpack(fields))
       current = ts
       wrote = wrote + 1
+    end
+    local names = {}
+    for i = 1, #metrics, 2 do names[#names + 1] = metrics[i] end
+    if #names > 0 then
+      local known = redis.call('HMGET', times_key, unpack(names))
+      local values, stamps = {}, {}
+      for j = 1, #names do
+        local at = known[j]
+        if not at or ts >= at then
+          values[#values + 1] = names[j]
+          values[#values + 1] = metrics[2 * j]
+          stamps[#stamps + 1] = names[j]
+          stamps[#stamps + 1] = ts
+        end
+      end
+      if #values > 0 then
+        redis.call('HSET', key, unpack(values))
+        redis.call('HSET', times_key, unpack(stamps))
+        wrote = wrote + 1
+      end
     end
   end
   if wrote > before then
     redis.call('EXPIRE', key, ttl)
+    redis.call('EXPIRE', times_key, ttl)
   end
 end
 return wrote
@@ -55,24 +79,21 @@ return wrote
 _KEYS_PER_CALL = 100
 
 
-def latest_fields(batch: ReadingBatch, i: int) -> list[str]:
-    """Field/value pairs of the hash besides ``ts`` for reading ``i``, flattened for HSET."""
+def latest_fields(batch: ReadingBatch, i: int) -> list[Any]:
+    """Reading ``i`` as the script takes it: ``[[field, value, ...], [metric, value, ...]]``."""
     fields: list[str] = ["protocol", batch.protocol[i]]
-    for name, value in batch.metrics[i].items():
-        fields += [name, repr(value)]
     meta = batch.meta[i]
     if meta:
-        for name in META_NUMBERS:
-            number = meta.get(name)
-            if number is not None:
-                fields += [name, repr(number)]
-    status = batch.status[i]
-    if status is not None:
-        fields += ["status", status]
-    application_id = batch.application_id[i]
-    if application_id is not None:
-        fields += ["application_id", application_id]
-    return fields
+        for name, number in meta.items():
+            fields += [NUMERIC_METADATA[name], repr(number)]
+    for name, text in (("status", batch.status[i]), ("application_id", batch.application_id[i]),
+                       ("gateway_id", batch.gateway_id[i])):
+        if text is not None:
+            fields += [name, text]
+    metrics: list[str] = []
+    for name, value in batch.metrics[i].items():
+        metrics += [name, repr(value)]
+    return [fields, metrics]
 
 
 class RedisLatestSink(Sink):
@@ -94,18 +115,18 @@ class RedisLatestSink(Sink):
             by_device.setdefault(device_id, []).append(i)
         ts = batch.ts
         keys: list[str] = []
-        readings: list[list[list[str]]] = []
+        readings: list[list[list[Any]]] = []
         for device_id, rows in by_device.items():
             rows.sort(key=ts.__getitem__)  # oldest first: the newest wins
-            keys.append(LATEST_KEY.format(device_id=device_id))
+            keys += [LATEST_KEY.format(device_id=device_id), TIMES_KEY.format(device_id=device_id)]
             readings.append([[iso_micros(ts[i]), *latest_fields(batch, i)] for i in rows])
         try:
             if self._script is None:  # loaded once; again after Redis lost its scripts
                 self._script = await self._client.script_load(_WRITE_IF_NEWER)
             async with self._client.pipeline(transaction=False) as pipe:
-                for start in range(0, len(keys), _KEYS_PER_CALL):
+                for start in range(0, len(readings), _KEYS_PER_CALL):
                     end = start + _KEYS_PER_CALL
-                    pipe.evalsha(self._script, len(keys[start:end]), *keys[start:end],
+                    pipe.evalsha(self._script, 2 * len(readings[start:end]), *keys[2 * start:2 * end],
                                  self._ttl_s, orjson.dumps(readings[start:end]))
                 await pipe.execute()
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:

@@ -365,6 +365,7 @@ async def test_devices_list_and_latest_values(api_server: ApiServer) -> None:
         "ts": "2026-01-02T03:04:05.600000Z",
         "protocol": "mqtt",
         "battery_level": 88.0,
+        "times": {},  # written here without the sink's per-metric times
     }
 
 

@@ -83,3 +83,23 @@ def test_kafkas_partitioner_puts_a_devices_records_where_its_batches_go(stack: S
     assert producer.flush(15) == 0
     assert placed == {device: partition_for(device, stack.telemetry_partitions) for device in placed}
     assert len(set(placed.values())) > 1
+
+
+def test_hardware_identifiers_are_kept_with_the_device(worker: WorkerProcess, stack: Settings) -> None:
+    import psycopg
+
+    from schemas import TelemetryMetadata
+
+    device = unique_id("gsm")
+    imei = "356938035643809"
+    record = Telemetry(device_id=device, protocol="gsm", ts=utcnow(), received_at=utcnow(),
+                       message_id="id-1", metrics={"level": 1.0},
+                       metadata=TelemetryMetadata(extra={"imei": imei, "csq": "20"}))
+    _produce(stack, ReadingBatch.of([record]).encode(), partition_for(device, stack.telemetry_partitions))
+
+    def identifiers() -> dict[str, str] | None:
+        with psycopg.connect(stack.pg_conninfo) as conn:
+            row = conn.execute("SELECT identifiers FROM devices WHERE id = %s", (device,)).fetchone()
+        return row[0] if row and row[0] else None
+
+    assert wait_until(identifiers, what="the device's identifiers") == {"imei": imei}  # csq: not hardware

@@ -10,8 +10,9 @@ import redis
 
 from pipeline.settings import Settings
 from pipeline.sinks.redis import RedisLatestSink
-from schemas import Telemetry, iso_utc, utcnow
+from schemas import Location, Telemetry, TelemetryMetadata, iso_utc, utcnow
 from schemas.batch import ReadingBatch
+from schemas.latest import TIMES_KEY
 from tests.conftest import unique_id
 from tests.integration.helpers import redis_latest
 
@@ -43,9 +44,13 @@ async def test_batch_out_of_order_keeps_newest_values_of_every_metric(
     assert redis_latest(stack, a) == {"ts": iso_utc(newest.ts), "protocol": "mqtt", "temperature": "3.0",
                                 "humidity": "50.0"}
     assert redis_latest(stack, b)["level"] == "7.0"
-    # A later batch of older readings changes nothing; a newer one does.
-    await sink.write(ReadingBatch.of([reading(a, 10, temperature=-1.0, pressure=1.0)]))
-    assert redis_latest(stack, a)["temperature"] == "3.0" and "pressure" not in redis_latest(stack, a)
+    # A later batch of an older reading overwrites no newer value, but brings a metric the
+    # device had not reported since; a newer reading moves the values it carries.
+    older = reading(a, 10, temperature=-1.0, pressure=1.0)
+    await sink.write(ReadingBatch.of([older]))
+    stored = redis_latest(stack, a)
+    assert (stored["temperature"], stored["pressure"], stored["ts"]) == ("3.0", "1.0", iso_utc(newest.ts))
+    assert redis_times(stack, a)["pressure"] == iso_utc(older.ts)
     newer = reading(a, 0, temperature=4.0)
     await sink.write(ReadingBatch.of([newer]))
     stored = redis_latest(stack, a)
@@ -73,3 +78,42 @@ async def test_script_flushed_by_redis_is_loaded_again(sink: RedisLatestSink, st
         await sink.write(ReadingBatch.of([reading(device, 1, level=2.0)]))
     await sink.write(ReadingBatch.of([reading(device, 1, level=2.0)]))  # the retry write_batch would make
     assert redis_latest(stack, device)["level"] == "2.0"
+
+
+async def test_each_metric_keeps_its_own_time(sink: RedisLatestSink, stack: Settings) -> None:
+    device = unique_id("rs")
+    first = reading(device, 30, level=1.0, flow=1.0)
+    second = reading(device, 10, level=2.0)
+    await sink.write(ReadingBatch.of([first, second]))
+    assert redis_times(stack, device) == {"level": iso_utc(second.ts), "flow": iso_utc(first.ts)}
+    late = reading(device, 20, level=9.0, flow=5.0, valve=1.0)  # between the two
+    await sink.write(ReadingBatch.of([late]))
+    stored = redis_latest(stack, device)
+    assert (stored["level"], stored["flow"], stored["valve"]) == ("2.0", "5.0", "1.0")
+    assert stored["ts"] == iso_utc(second.ts)  # the newest reading's time
+    assert redis_times(stack, device) == {"level": iso_utc(second.ts), "flow": iso_utc(late.ts),
+                                          "valve": iso_utc(late.ts)}
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        assert 0 < int(client.ttl(TIMES_KEY.format(device_id=device))) <= 120  # type: ignore[arg-type]
+    finally:
+        client.close()
+
+
+async def test_location_and_gateway_are_in_the_latest_view(sink: RedisLatestSink,
+                                                           stack: Settings) -> None:
+    device = unique_id("rs")
+    record = Telemetry(device_id=device, protocol="lorawan", ts=utcnow(), received_at=utcnow(),
+                       message_id="loc", metrics={"level": 1.0},
+                       metadata=TelemetryMetadata(location=Location(52.5, 4.25), gateway_id="gw-9"))
+    await sink.write(ReadingBatch.of([record]))
+    stored = redis_latest(stack, device)
+    assert (stored["location_lat"], stored["location_lon"], stored["gateway_id"]) == ("52.5", "4.25", "gw-9")
+
+
+def redis_times(stack: Settings, device: str) -> dict[str, str]:
+    client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    try:
+        return client.hgetall(TIMES_KEY.format(device_id=device))  # type: ignore[return-value]
+    finally:
+        client.close()

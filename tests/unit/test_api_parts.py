@@ -12,15 +12,16 @@ from pydantic import SecretStr
 
 from api.app import create_app
 from api.auth import DevTokenAuthenticator, bearer_token
-from api.devices import latest_json
 from api.health import _mqtt_connect_packet, run_checks
 from api.payloads import jsonable, kafka_key, kafka_timestamp, record_views, topic_frame
 from api.rooms import Room, RoomError, parse_room
+from api.snapshot import snapshot_reading
 from api.streaming import RoutingError, live_events
 from api.topics import DropOldestQueue
 from pipeline.settings import Settings, Topics
 from schemas.batch import ReadingBatch
 from schemas.codec import registry
+from schemas.latest import latest_view
 from schemas.records import DeadLetter, SystemEvent, Telemetry, TelemetryMetadata
 
 AT = datetime(2026, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
@@ -219,14 +220,28 @@ async def test_drop_oldest_queue_keeps_the_newest_and_counts_drops() -> None:
 # ---- REST helpers and health probes ------------------------------------------
 
 
-def test_latest_json_makes_numbers_of_metric_fields() -> None:
-    assert latest_json(
+def test_latest_view_makes_numbers_of_metric_fields() -> None:
+    assert latest_view(
         {"temperature": "21.5", "ts": "2026-05-06T07:08:09.123456Z", "protocol": "mqtt",
-         "snr": "-7.25", "gateway_id": "gw-1", "odd": "n/a"}
+         "snr": "-7.25", "gateway_id": "gw-1", "odd": "n/a"},
+        {"temperature": "2026-05-06T07:00:00.000000Z", "gone": "2026-05-06T06:00:00.000000Z"},
     ) == {
         "temperature": 21.5, "ts": "2026-05-06T07:08:09.123456Z", "protocol": "mqtt",
         "snr": -7.25, "gateway_id": "gw-1", "odd": "n/a",
+        "times": {"temperature": "2026-05-06T07:00:00.000000Z"},
     }
+
+
+def test_snapshot_carries_each_metrics_own_time_and_the_location() -> None:
+    fields = {"ts": "2026-05-06T07:08:09.000000Z", "protocol": "gsm", "level": "2.5", "flow": "1.0",
+              "signal_strength": "-71.0", "location_lat": "52.1", "location_lon": "4.3",
+              "gateway_id": "gw"}
+    times = {"level": "2026-05-06T06:00:00.000000Z", "flow": "2026-05-06T07:08:09.000000Z"}
+    event = snapshot_reading("d", fields, times)
+    assert event["metrics"] == {"level": 2.5, "flow": 1.0}
+    assert event["metric_times"] == times
+    assert event["metadata"] == {"signal_strength": -71.0, "gateway_id": "gw",
+                                 "location": {"lat": 52.1, "lon": 4.3}}
 
 
 def test_mqtt_connect_packet_is_mqtt_311() -> None:

@@ -50,3 +50,12 @@ def test_big_and_small_numbers_are_written_as_influxdb_parses_floats() -> None:
                        metrics={"big": 1e300, "small": -2.5e-300, "whole": 7})
     line = line_of(ReadingBatch.of([record]), 0)
     assert " big=1e+300,small=-2.5e-300,whole=7.0 " in line
+
+
+def test_the_location_is_stored_as_two_fields() -> None:
+    from schemas import Location
+
+    ts = datetime(2026, 1, 1, tzinfo=UTC)
+    line = line_of(ReadingBatch.of([_reading(ts, metadata=TelemetryMetadata(
+        snr=7.5, location=Location(52.5, -4.25)))]), 0)
+    assert " temperature=21.5,flow_rate=3.0,snr=7.5,location_lat=52.5,location_lon=-4.25 " in line

@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 DUPLICATES = Counter("webscada_validate_duplicates_total", "Readings dropped as duplicate message ids")
 REJECTED = Counter("webscada_validate_rejected_total", "Readings or metrics sent to the DLQ", ["reason"])
 PASSED = Counter("webscada_validate_passed_total", "Readings passed on to telemetry.valid")
+# Two readings of one device with the same device time are one point in InfluxDB (and one
+# instant in the latest view): the stores merge them per metric, the later write winning.
+SAME_TIME = Counter("webscada_validate_same_time_total",
+                    "Readings whose device and device time an earlier, different reading had "
+                    "(the stores merge them per metric)")
 SELF_REGISTERING = frozenset({"mqtt", "gsm", "lorawan", "bluetooth"})
 STAGE = "agent.validate"
 # readings from which a clean batch is forwarded as it came rather than merged with others
@@ -66,6 +71,7 @@ class Validator:
         self._settings = settings
         self._profiles = profiles
         self._recent = RecentIds()
+        self._instants = RecentIds()  # (device_id, ts) of readings passed on
         self._max_skew_us = int(settings.max_future_skew_s * 1_000_000)
         self._same_layout = raw_partitions == valid_partitions
         self._valid_partitions = valid_partitions
@@ -120,6 +126,10 @@ class Validator:
                         continue
                     batch.metrics[i] = kept
             self._recent.remember(key)
+            instant = (batch.device_id[i], batch.ts[i])
+            if instant in self._instants:
+                SAME_TIME.inc()
+            self._instants.remember(instant)
             keep.append(i)
         if not keep:
             return

@@ -191,3 +191,15 @@ def test_a_reading_before_1970_is_dead_lettered() -> None:
                       received_at=utcnow(), message_id="old", metrics={"x": 1.0})
     [(topic, letter)] = _route(_validator(), ReadingBatch.of([early]).encode())
     assert topic == Topics.DLQ and "before 1970" in letter.reason
+
+
+def test_readings_of_one_device_at_one_instant_are_counted() -> None:
+    from pipeline.agents.validate import SAME_TIME
+
+    validator = _validator()
+    first = _reading("d1", message_id="a", level=1.0)
+    same_instant = Telemetry(device_id="d1", protocol="mqtt", ts=first.ts, received_at=first.ts,
+                             message_id="b", metrics={"flow": 2.0})
+    before = SAME_TIME._value.get()
+    assert len(_route(validator, first, same_instant)) == 2  # both pass: the stores merge them
+    assert SAME_TIME._value.get() == before + 1

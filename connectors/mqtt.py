@@ -30,7 +30,8 @@ The topic prefix, protocol and payload parser are parameters, so the GSM
 connector (``gsm/+/telemetry``) runs this same class. A connector whose topics
 carry more than readings (ChirpStack's ``application/+/device/+/event/+``)
 passes its own ``subscription`` and a :data:`Translator` that turns one message
-into any number of :class:`OutRecord` s.
+into any number of readings (:class:`~connectors.reading.ReadingRow`, batched)
+and records (:class:`OutRecord`, produced as they are).
 """
 
 from __future__ import annotations

@@ -441,37 +441,28 @@ def _unpacked(code: str, data: bytes, what: str, count: int | None = None) -> ar
 def _pack(batch: ReadingBatch) -> dict[str, Any]:
     """The Avro field values of ``batch`` (layout: ``telemetry_batch.avsc``)."""
     table: dict[str, int] = {}
+    add = table.setdefault  # one C call a string: its index, new strings numbered in order
 
-    def ref(text: str) -> int:
-        found = table.get(text)
-        if found is None:
-            found = table[text] = len(table)
-        return found
+    def refs(texts: Iterable[str]) -> list[int]:
+        return [add(text, len(table)) for text in texts]
 
-    def optional(text: str | None) -> int:
-        return -1 if text is None else ref(text)
+    def optional(texts: Iterable[str | None]) -> list[int]:
+        return [-1 if text is None else add(text, len(table)) for text in texts]
 
-    metric_names: list[int] = []
-    metric_values: list[float] = []
-    for metrics in batch.metrics:
-        metric_names += map(ref, metrics)
-        metric_values += metrics.values()
-    meta_names: list[int] = []
-    meta_values: list[float] = []
-    for meta in batch.meta:
-        if meta:
-            meta_names += map(ref, meta)
-            meta_values += meta.values()
+    metric_names = [add(name, len(table)) for metrics in batch.metrics for name in metrics]
+    metric_values = [value for metrics in batch.metrics for value in metrics.values()]
+    meta_names = [add(name, len(table)) for meta in batch.meta for name in meta]
+    meta_values = [value for meta in batch.meta for value in meta.values()]
     return {
         "count": len(batch.device_id),
-        "device_id": _packed("i", map(ref, batch.device_id)),
-        "protocol": _packed("i", map(ref, batch.protocol)),
+        "device_id": _packed("i", refs(batch.device_id)),
+        "protocol": _packed("i", refs(batch.protocol)),
         "ts": _packed("q", batch.ts),
         "received_at": _packed("q", batch.received_at),
         "message_id": batch.message_id,
-        "application_id": _packed("i", map(optional, batch.application_id)),
-        "status": _packed("i", map(optional, batch.status)),
-        "gateway_id": _packed("i", map(optional, batch.gateway_id)),
+        "application_id": _packed("i", optional(batch.application_id)),
+        "status": _packed("i", optional(batch.status)),
+        "gateway_id": _packed("i", optional(batch.gateway_id)),
         "metric_count": _packed("i", map(len, batch.metrics)),
         "metric_name": _packed("i", metric_names),
         "metric_value": _packed("d", metric_values),

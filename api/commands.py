@@ -240,9 +240,10 @@ async def push_pending(conn: HTTPConnection, device_id: str,
     Call it when the device connects and whenever the dispatcher notifies PostgreSQL channel
     ``webscada_commands`` with the device id."""
     open_ = await _pg(conn, lambda db: store.open_commands(db, device_id, utcnow()))
+    pushed_at = utcnow()  # before the device can answer (its ack is stamped on arrival)
     for command, _ in open_:
         await push({**device_message(command), "expires_at": iso_utc(command.expires_at)})
-    await _record(conn, [CommandStatus(c.id, device_id, "sent", detail="websocket write")
+    await _record(conn, [CommandStatus(c.id, device_id, "sent", pushed_at, "websocket write")
                          for c, status in open_ if status == "queued"])
     return len(open_)
 

@@ -117,9 +117,12 @@ class CommandService:
                                             detail=step.detail))
             elif isinstance(step, Hold) and step.transport == "websocket":
                 held.add(command.device_id)
+        # `sent` is when the transport got the command: before the broker's PUBACK, which a
+        # quick device's answer (stamped on arrival) can overtake.
+        handed = utcnow()
         if publish:
             await self.link.publish_all([step for _, step in publish])
-        sent = [CommandStatus(c.id, c.device_id, "sent", detail=f"{step.transport}: {step.topic}")
+        sent = [CommandStatus(c.id, c.device_id, "sent", handed, f"{step.transport}: {step.topic}")
                 for c, step in publish]
         for _, step in publish:
             DISPATCHED.labels(step.transport).inc()

@@ -5,13 +5,20 @@ transaction. Status changes are conditional UPDATEs on the current status
 (:func:`pipeline.commands.lifecycle.predecessors`) paired with one history row
 per (command, status), so applying the same status twice, or an older one
 after a newer one, changes nothing.
+
+Status times never go backwards: a status is recorded at its reporter's time or
+at its predecessor's, whichever is later (clocks and races differ between the
+API, the dispatcher and devices; a device's ``delivered`` can arrive before the
+dispatcher has stamped ``sent``). ``commands.updated_at`` is the time of the
+current status; the conditional UPDATE that moves the status reads it under the
+row lock, so concurrent writers see each other's times.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -51,14 +58,15 @@ RETURNING id
 
 _APPLY = """
 WITH moved AS (
-    UPDATE commands SET status = %(status)s, detail = %(detail)s, updated_at = now()
+    UPDATE commands SET status = %(status)s, detail = %(detail)s,
+                        updated_at = GREATEST(%(at)s, updated_at)
     WHERE id = %(id)s AND device_id = %(device)s AND status = ANY(%(from)s)
-    RETURNING id
+    RETURNING id, updated_at
 )
 INSERT INTO command_status_history (command_id, status, at, detail)
-SELECT id, %(status)s, %(at)s, %(detail)s FROM moved
+SELECT id, %(status)s, updated_at, %(detail)s FROM moved
 ON CONFLICT (command_id, status) DO NOTHING
-RETURNING command_id
+RETURNING command_id, at
 """
 
 _LIST = """
@@ -127,7 +135,8 @@ async def delete_command(conn: AsyncConnection[Any], command_id: str) -> None:
 async def apply_statuses(conn: AsyncConnection[Any],
                          statuses: Iterable[CommandStatus]) -> list[CommandStatus]:
     """Apply each status whose transition is allowed, in order; returns the ones that changed
-    a command. Unknown commands, non-UUID ids and statuses naming another device are skipped."""
+    a command, each with the time it was recorded at (never before its predecessor's).
+    Unknown commands, non-UUID ids and statuses naming another device are skipped."""
     applied: list[CommandStatus] = []
     async with conn.transaction():
         for status in statuses:
@@ -139,8 +148,9 @@ async def apply_statuses(conn: AsyncConnection[Any],
                 "device": status.device_id,
                 "from": list(predecessors(status.status)), "at": status.at,
             })
-            if await cursor.fetchone() is not None:
-                applied.append(status)
+            row = await cursor.fetchone()
+            if row is not None:
+                applied.append(replace(status, at=row[1]))
     return applied
 
 

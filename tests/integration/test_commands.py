@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -26,8 +27,9 @@ from confluent_kafka.admin import AdminClient
 from websockets.asyncio.client import connect as ws_connect
 
 from api.device_keys import hash_api_key, new_api_key
+from pipeline.commands import store
 from pipeline.settings import Settings, Topics
-from schemas.records import CommandStatus
+from schemas.records import Command, CommandStatus, utcnow
 from tests.conftest import WorkerProcess, stop_process, unique_id, wait_until
 from tests.integration.conftest import ApiServer
 from tests.integration.helpers import produce_raw
@@ -220,6 +222,9 @@ async def test_mqtt_device_that_acks_goes_queued_sent_delivered_acked(
         assert device.received == [{"id": command_id, "name": "set_speed",
                                     "params": {"rpm": 1200}}]
         [listed] = _history(api_server, device_id)
+        # The device answers `delivered` the moment it has the command: never before `sent`.
+        times = [datetime.fromisoformat(step["at"]) for step in listed["history"]]
+        assert times == sorted(times), listed["history"]
         assert listed["status"] == "acked" and listed["params"] == {"rpm": 1200}
         assert listed["history"][-1]["detail"] == "acked"
         assert listed["created_at"] < listed["expires_at"]
@@ -249,6 +254,69 @@ async def test_command_to_a_silent_device_expires_after_its_ttl(
         assert len(device.received) == 1
     finally:
         device.close()
+
+
+# ---- status times ---------------------------------------------------------------------
+
+
+async def _new_stored_command(conn: psycopg.AsyncConnection[Any], device_id: str) -> Command:
+    now = utcnow()
+    command = Command(id=str(uuid.uuid4()), device_id=device_id, name="set_speed", params={},
+                      created_at=now, expires_at=now + timedelta(minutes=5))
+    await store.insert_command(conn, command)
+    return command
+
+
+async def _times(conn: psycopg.AsyncConnection[Any], command_id: str) -> list[tuple[str, datetime]]:
+    cursor = await conn.execute("SELECT status, at FROM command_status_history"
+                                " WHERE command_id = %s ORDER BY id", (command_id,))
+    return [(row[0], row[1]) for row in await cursor.fetchall()]
+
+
+async def test_a_status_is_never_recorded_before_its_predecessor(
+        stack: Settings, devices: Callable[..., list[str]]) -> None:
+    """Statuses stamped out of order (other clocks, a quick device) are recorded at the
+    previous status's time; a later one keeps its own."""
+    [device_id] = devices("mqtt")
+    async with await psycopg.AsyncConnection.connect(stack.pg_conninfo, autocommit=True) as conn:
+        command = await _new_stored_command(conn, device_id)
+        t0 = command.created_at
+        applied = await store.apply_statuses(conn, [
+            CommandStatus(command.id, device_id, "sent", t0 - timedelta(seconds=1)),
+            CommandStatus(command.id, device_id, "delivered", t0 - timedelta(seconds=2)),
+        ])
+        assert [(s.status, s.at) for s in applied] == [("sent", t0), ("delivered", t0)]
+        later = t0 + timedelta(seconds=10)
+        [acked] = await store.apply_statuses(conn, [
+            CommandStatus(command.id, device_id, "acked", later),
+            CommandStatus(command.id, device_id, "expired", t0),  # final already: ignored
+        ])
+        assert acked.at == later
+        assert await _times(conn, command.id) == [
+            ("queued", t0), ("sent", t0), ("delivered", t0), ("acked", later)]
+        [listed] = await store.list_commands(conn, device_id)
+        assert listed["updated_at"] == listed["history"][-1]["at"]
+
+
+async def test_concurrent_writers_see_each_others_status_times(
+        stack: Settings, devices: Callable[..., list[str]]) -> None:
+    """The dispatcher's `sent` (later) and a device's `delivered` (stamped earlier) in two
+    transactions at once: the one that waits on the command's row sees the other's time."""
+    [device_id] = devices("mqtt")
+    async with await psycopg.AsyncConnection.connect(stack.pg_conninfo, autocommit=True) as first, \
+            await psycopg.AsyncConnection.connect(stack.pg_conninfo, autocommit=True) as second:
+        command = await _new_stored_command(first, device_id)
+        sent_at = command.created_at + timedelta(seconds=10)
+        async with first.transaction():
+            await store.apply_statuses(first, [CommandStatus(command.id, device_id, "sent", sent_at)])
+            answer = asyncio.create_task(store.apply_statuses(second, [
+                CommandStatus(command.id, device_id, "delivered", sent_at - timedelta(seconds=5))]))
+            await asyncio.sleep(0.5)
+            assert not answer.done()  # waiting for the row `sent` holds
+        [delivered] = await answer
+        assert delivered.at == sent_at
+        assert [at for _, at in await _times(first, command.id)] == [
+            command.created_at, sent_at, sent_at]
 
 
 # ---- the REST contract ---------------------------------------------------------------

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from api import commands as api_commands
 from api.commands import MAX_PARAMS_BYTES, _new_command
 from api.errors import InvalidField
 from pipeline.commands import (
@@ -24,9 +30,13 @@ from pipeline.commands import (
     parse_ack,
     plan,
     predecessors,
+    store,
 )
+from pipeline.commands.service import CommandService
+from pipeline.commands.store import DispatchTarget
+from pipeline.producer import Outgoing
 from schemas.errors import InvalidRecordError
-from schemas.records import Command, CommandStatus
+from schemas.records import Command, CommandStatus, utcnow
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 CID = "6f1c1f5e-7c1a-4d7e-9a37-3c2f1b0d9e11"
@@ -257,3 +267,94 @@ def test_a_valid_request_makes_a_command_with_its_ttl() -> None:
     assert dict(command.params) == {}
     assert command.expires_at - command.created_at == timedelta(seconds=3)
     assert command.requested_by == "op"
+
+
+# ---- status times ----------------------------------------------------------------------
+# A device answers as soon as it has the command, and its answer is stamped on arrival;
+# `sent` must be stamped no later than the moment the transport got the command, or the
+# device's `delivered` would precede it. (The store also never records a status before its
+# predecessor: tests/integration/test_commands.py.)
+
+
+class _Pool:
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[object]:
+        yield object()
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.records: list[Outgoing] = []
+
+    async def send_all(self, records: list[Outgoing]) -> None:
+        self.records.extend(records)
+
+
+class _SlowBroker:
+    """An MQTT link whose PUBACK takes a while; notes when it got the commands."""
+
+    def __init__(self) -> None:
+        self.got_at: datetime | None = None
+
+    async def publish_all(self, steps: list[Publish]) -> None:
+        self.got_at = utcnow()
+        await asyncio.sleep(0.05)
+
+
+async def test_dispatched_commands_are_sent_when_the_broker_got_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    now = utcnow()
+    command = Command(id=CID, device_id="pump-1", name="set_speed", params={}, created_at=now,
+                      expires_at=now + timedelta(seconds=30))
+    recorded: list[CommandStatus] = []
+
+    async def targets(conn: object, ids: list[str]) -> dict[str, DispatchTarget]:
+        return {CID: DispatchTarget("queued", command.expires_at, "mqtt", None)}
+
+    async def apply(conn: object, statuses: list[CommandStatus]) -> list[CommandStatus]:
+        recorded.extend(statuses)
+        return list(statuses)
+
+    monkeypatch.setattr(store, "dispatch_targets", targets)
+    monkeypatch.setattr(store, "apply_statuses", apply)
+    broker = _SlowBroker()
+    service = CommandService(pool=_Pool(), producer=_Producer(), link=broker)  # type: ignore[arg-type]
+    event = SimpleNamespace(message=SimpleNamespace(value=command.encode()))
+    await service.dispatch([event])  # type: ignore[list-item]
+    [sent] = recorded
+    assert sent.status == "sent" and broker.got_at is not None
+    assert command.created_at <= sent.at <= broker.got_at
+
+
+async def test_websocket_pushes_are_sent_before_the_device_can_answer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    now = utcnow()
+    command = Command(id=CID, device_id="pump-1", name="set_speed", params={}, created_at=now,
+                      expires_at=now + timedelta(seconds=30))
+    recorded: list[CommandStatus] = []
+    answers: list[datetime] = []
+
+    async def pg(conn: object, work: Any) -> Any:
+        return await work(object())
+
+    async def open_commands(conn: object, device_id: str, at: datetime) -> list[tuple[Command, str]]:
+        return [(command, "queued")]
+
+    async def apply(conn: object, statuses: list[CommandStatus]) -> list[CommandStatus]:
+        recorded.extend(statuses)
+        return list(statuses)
+
+    async def send(conn: object, records: list[Outgoing]) -> None:
+        pass
+
+    async def push(frame: dict[str, Any]) -> None:
+        answers.append(utcnow())  # the device's ack, stamped as it arrives
+        await asyncio.sleep(0.02)
+
+    monkeypatch.setattr(api_commands, "_pg", pg)
+    monkeypatch.setattr(api_commands, "_send", send)
+    monkeypatch.setattr(store, "open_commands", open_commands)
+    monkeypatch.setattr(store, "apply_statuses", apply)
+    assert await api_commands.push_pending(object(), "pump-1", push) == 1  # type: ignore[arg-type]
+    [sent] = recorded
+    assert sent.status == "sent" and sent.at <= answers[0]

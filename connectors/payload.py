@@ -30,15 +30,17 @@ from typing import Any, NamedTuple
 
 from connectors._fields import MAX_ID_CHARS, RejectedField, metadata_fields, metric_fields, quick_fields
 from connectors._json import loads
-from connectors._values import describe, kind, parse_timestamp, timestamp_micros
+from connectors._values import clip, describe, kind, parse_timestamp, timestamp_micros
 from connectors.errors import (
     BadDeviceIdError,
     BadMessageIdError,
+    BadTimestampError,
     NotAnObjectError,
     PayloadError,
     PayloadTooLargeError,
 )
 from connectors.reading import ReadingRow
+from schemas.batch import to_micros
 from schemas.records import (
     DEVICE_ID_PATTERN,
     PROTOCOLS,
@@ -67,6 +69,8 @@ _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 _new_row = tuple.__new__  # a ReadingRow without NamedTuple's Python-level __new__
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+# how far ahead of its arrival a device's clock may be (the validate agent's default too)
+MAX_FUTURE_SKEW_S = 300.0
 # Device ids that passed the rule, so the regular expression runs once per device and process.
 _GOOD_DEVICE_IDS: set[str] = set()
 _MAX_REMEMBERED = 100_000
@@ -206,6 +210,7 @@ def reading_from_object(
     received_at: datetime,
     message_id: str | None = None,
     application_id: str | None = None,
+    max_future_skew_s: float = MAX_FUTURE_SKEW_S,
 ) -> ParsedReading:
     """Build the reading from an already decoded JSON object.
 
@@ -225,6 +230,13 @@ def reading_from_object(
             _GOOD_DEVICE_IDS.add(device_id)
     stamp = obj.get("timestamp")  # null counts as absent
     ts = None if stamp is None else timestamp_micros(stamp)
+    if ts is not None and not 0 <= ts <= to_micros(received_at) + max_future_skew_s * 1_000_000:
+        # The one accepted range of device time, refused here so that a device hears it
+        # (422 / a dead letter naming the field) instead of the stores disagreeing later.
+        raise BadTimestampError(
+            f"timestamp {clip(repr(stamp))} is before 1970" if ts < 0 else
+            f"timestamp {clip(repr(stamp))} is more than {max_future_skew_s:g} s ahead of the"
+            " time it was received")
     if "messageId" in obj:
         message_id = _message_id(obj["messageId"])
     elif message_id is not None:

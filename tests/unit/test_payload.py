@@ -269,6 +269,11 @@ def test_not_an_object(payload: bytes, message: str) -> None:
         ("-1", "timestamp -1 is not a time after 1970"),
         ("NaN", "timestamp nan is not a time after 1970"),
         ("1e300", "timestamp 1e+300 is beyond the year 9999"),
+        ('"0999-06-01T00:00:00Z"', "timestamp '0999-06-01T00:00:00Z' is before 1970"),
+        ('"1969-12-31T23:59:59.999999Z"', "timestamp '1969-12-31T23:59:59.999999Z' is before 1970"),
+        ('"2024-05-01T12:05:06Z"',
+         "timestamp '2024-05-01T12:05:06Z' is more than 300 s ahead of the time it was received"),
+        ("1714565106000", "timestamp 1714565106000 is more than 300 s ahead of the time it was received"),
     ],
 )
 def test_bad_timestamps(timestamp: str, message: str) -> None:

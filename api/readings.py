@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from connectors._json import loads
@@ -78,6 +78,10 @@ def parse_readings(
     ``idempotency_key`` becomes the message id (``{key}-{i}`` in an array) and wins
     over a ``messageId`` of the body. Without either, the id is derived from the
     reading's bytes (and ``received_at`` when it carries no timestamp).
+
+    Item ``i`` of an array counts as received at ``received_at`` plus ``i`` µs, so
+    items without a timestamp of their own (which take the time they were received)
+    get distinct times: no two readings of one request are one point in InfluxDB.
     """
     items, single = _items(body, max_readings)
     readings: list[ReadingRow] = []
@@ -99,7 +103,8 @@ def parse_readings(
         try:
             parsed = reading_from_object(
                 obj, payload=payload, device_id=device_id, protocol=protocol,
-                received_at=received_at, message_id=message_id, application_id=application_id,
+                received_at=received_at if single else received_at + timedelta(microseconds=index),
+                message_id=message_id, application_id=application_id,
             )
         except PayloadError as exc:
             field = next((f for t, f in _FIELD_OF_ERROR.items() if isinstance(exc, t)), "")

@@ -65,6 +65,14 @@ def test_array_readings_get_key_dash_index_ids() -> None:
     assert got[0].ts == RECEIVED and got[1].ts == datetime(2024, 5, 1, 12, tzinfo=UTC)
 
 
+def test_array_items_without_a_timestamp_get_distinct_times() -> None:
+    from datetime import timedelta
+
+    got = readings([{"t": float(i)} for i in range(100)])
+    assert [r.ts for r in got] == [RECEIVED + timedelta(microseconds=i) for i in range(100)]
+    assert len({r.message_id for r in got}) == 100
+
+
 def test_without_a_key_ids_are_derived_and_stable() -> None:
     first = readings([{"t": 1, "timestamp": 1714564800000}])
     again = readings([{"timestamp": 1714564800000, "t": 1}], received_at=datetime.now(UTC))

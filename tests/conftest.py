@@ -119,12 +119,14 @@ def worker(stack: Settings) -> Iterator[WorkerProcess]:
 
     proc = WorkerProcess(stack)
     proc.start()
-    probe = unique_id("probe")
-    produce_telemetry(stack, probe, {"probe": 1.0})
-    wait_until(lambda: redis_latest(stack, probe) and influx_points(stack, probe), timeout=90,
-               what="worker readiness (a probe reading in Redis and InfluxDB)")
-    yield proc
-    proc.stop()
+    try:  # stopped even when it never got ready: a worker left running skews later tests
+        probe = unique_id("probe")
+        produce_telemetry(stack, probe, {"probe": 1.0})
+        wait_until(lambda: redis_latest(stack, probe) and influx_points(stack, probe), timeout=90,
+                   what="worker readiness (a probe reading in Redis and InfluxDB)")
+        yield proc
+    finally:
+        proc.stop()
 
 
 @pytest.fixture(scope="session")

@@ -239,13 +239,16 @@ def services_cpu() -> dict[str, float]:
     return total
 
 
-def wait_drained(settings: Settings, groups: list[str], timeout: float) -> bool:
-    """Whether every group committed the end of every partition it reads, within ``timeout``."""
+def wait_drained(settings: Settings, groups: dict[str, str], timeout: float) -> bool:
+    """Whether each group (→ the topic it consumes) committed the end of every partition of
+    that topic, within ``timeout``. Offsets a group may hold for other topics (left by an
+    experiment under the same group name) do not count."""
     from pipeline.metrics import measure_lag
 
     def drained() -> bool:
-        for group in groups:
-            lag = measure_lag(settings.kafka_bootstrap, group)
+        for group, topic in groups.items():
+            lag = {tp: n for tp, n in measure_lag(settings.kafka_bootstrap, group).items()
+                   if tp[0] == topic}
             if not lag or any(lag.values()):
                 return False
         return True

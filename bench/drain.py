@@ -31,7 +31,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from bench.common import BenchRule, services_cpu, wait_drained, wait_for
-from bench.pipeline import SINKS, WORKER_ROLES, Pipeline
+from bench.pipeline import SINKS, WORKER_GROUPS, Pipeline
 from bench.readings import drain_batches
 from bench.stores import check
 from pipeline.metrics import measure_lag
@@ -91,7 +91,6 @@ def run(settings: Settings, *, quick: bool = False, pipeline: Pipeline | None = 
     own = pipeline is None
     pipeline = pipeline or Pipeline(settings, uuid.uuid4().hex[:6])
     rule = BenchRule(settings)
-    groups = [f"webscada-{role}" for role in WORKER_ROLES]
     try:
         pipeline.start_worker()
         # Warm-up: a few readings through every role (rules are picked up within 2 s).
@@ -102,7 +101,7 @@ def run(settings: Settings, *, quick: bool = False, pipeline: Pipeline | None = 
         if not wait_for(lambda: all(v - base[s] >= 400 for s, v in pipeline.metrics.written().items()),
                         120, interval=0.5):
             raise RuntimeError("the warm-up readings did not reach every sink")
-        if not wait_drained(settings, groups, timeout=300):
+        if not wait_drained(settings, WORKER_GROUPS, timeout=300):
             raise RuntimeError("the worker did not work off the backlog of its topics within 300 s")
         alarms_before = rule.alarms()
         records, start_us = _fill(settings, names, per_device)
@@ -129,7 +128,9 @@ def run(settings: Settings, *, quick: bool = False, pipeline: Pipeline | None = 
             # alarm engine's group having committed its end means it judged every reading.
             # (Seen at its next commit: within a second.)
             if len(reached) == len(SINKS) and not any(
-                    measure_lag(settings.kafka_bootstrap, "webscada-alarms").values()):
+                    n for (topic, _), n in measure_lag(settings.kafka_bootstrap,
+                                                       "webscada-alarms").items()
+                    if topic == Topics.VALID):
                 reached["alarms"] = now - started
         elapsed = max(reached.values()) if len(reached) == len(SINKS) + 1 else None
         cpu1, services1 = pipeline.role_cpu(), services_cpu()

@@ -31,7 +31,7 @@ from typing import Any
 from bench.browser import Browser
 from bench.common import BenchRule, percentiles, services_cpu, wait_drained, wait_for
 from bench.load import HttpLoad, MqttLoad
-from bench.pipeline import SINKS, WORKER_ROLES, Pipeline, sink_delays
+from bench.pipeline import SINKS, WORKER_GROUPS, Pipeline, sink_delays
 from bench.stores import check
 from pipeline.settings import Settings
 
@@ -165,7 +165,7 @@ def _warm_up(run: _Run, transports: dict[str, _Transport]) -> None:
     if not wait_for(lambda: all(v - base[s] >= sent for s, v in pipeline.metrics.written().items()),
                     120, interval=0.5):
         raise RuntimeError("the warm-up readings did not reach every sink")
-    if not wait_drained(pipeline.settings, [f"webscada-{role}" for role in WORKER_ROLES], timeout=300):
+    if not wait_drained(pipeline.settings, WORKER_GROUPS, timeout=300):
         raise RuntimeError("the worker did not work off the backlog of its topics within 300 s")
 
 

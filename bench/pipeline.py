@@ -26,13 +26,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import Proc, cpu_seconds, role_pids, tree_pids, wait_for
 from pipeline.app import all_roles
-from pipeline.settings import Settings
+from pipeline.settings import Settings, Topics
 
-__all__ = ["SINKS", "WORKER_ROLES", "Pipeline", "SinkMetrics", "sink_delays"]
+__all__ = ["SINKS", "WORKER_GROUPS", "WORKER_ROLES", "Pipeline", "SinkMetrics", "sink_delays"]
 
 SINKS = ("redis", "influxdb", "postgres")
 # the roles every reading passes (the dispatcher and extra agents idle meanwhile)
 WORKER_ROLES = ("validate", "sink-redis", "sink-influxdb", "sink-postgres", "alarms")
+# their consumer groups and the topic each consumes
+WORKER_GROUPS = {f"webscada-{role}": Topics.RAW if role == "validate" else Topics.VALID
+                 for role in WORKER_ROLES}
 _QUIET = {"WEBSCADA_LOG_LEVEL": "warning"}
 
 

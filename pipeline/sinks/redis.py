@@ -27,11 +27,13 @@ __all__ = ["RedisLatestSink", "latest_fields"]
 # One call per group of devices. KEYS: per device its latest hash and its times hash;
 # ARGV[1]: the TTL; ARGV[2]: JSON, per device (in KEYS order) its readings oldest first,
 # each [time, [field, value, ...], [metric, value, ...]]. The fields of the first list
-# (protocol, status, metadata ...) and ``ts`` are written when the reading is not older
+# (protocol, status, metadata ...) and ``ts`` are taken when the reading is not older
 # than the hash's ``ts``; each metric when the reading is not older than that metric's
-# own time. ISO-8601 strings of fixed width compare as the times they name. Packing every
-# field as its own Redis argument cost the client more than the rest of the sink; one
-# JSON argument is packed in C on both sides.
+# own time. ISO-8601 strings of fixed width compare as the times they name. A device's
+# readings are folded in the script and written with one HSET per hash (per-reading
+# commands cost Redis more than the rest of the write). Packing every field as its own
+# Redis argument cost the client more than the rest of the sink; one JSON argument is
+# packed in C on both sides.
 _WRITE_IF_NEWER = """
 local ttl = tonumber(ARGV[1])
 local data = cjson.decode(ARGV[2])
@@ -39,38 +41,37 @@ local wrote = 0
 for k = 1, #data do
   local key, times_key = KEYS[2 * k - 1], KEYS[2 * k]
   local current = redis.call('HGET', key, 'ts')
-  local before = wrote
+  local known = {}
+  local flat = redis.call('HGETALL', times_key)
+  for i = 1, #flat, 2 do known[flat[i]] = flat[i + 1] end
+  -- the device's readings folded here, written once: fields and metric times that change
+  local fields, stamps = {}, {}
   for _, reading in ipairs(data[k]) do
-    local ts, fields, metrics = reading[1], reading[2], reading[3]
+    local ts, envelope, metrics = reading[1], reading[2], reading[3]
     if not current or ts >= current then
-      redis.call('HSET', key, 'ts', ts, unpack(fields))
       current = ts
-      wrote = wrote + 1
+      fields['ts'] = ts
+      for i = 1, #envelope, 2 do fields[envelope[i]] = envelope[i + 1] end
     end
-    local names = {}
-    for i = 1, #metrics, 2 do names[#names + 1] = metrics[i] end
-    if #names > 0 then
-      local known = redis.call('HMGET', times_key, unpack(names))
-      local values, stamps = {}, {}
-      for j = 1, #names do
-        local at = known[j]
-        if not at or ts >= at then
-          values[#values + 1] = names[j]
-          values[#values + 1] = metrics[2 * j]
-          stamps[#stamps + 1] = names[j]
-          stamps[#stamps + 1] = ts
-        end
-      end
-      if #values > 0 then
-        redis.call('HSET', key, unpack(values))
-        redis.call('HSET', times_key, unpack(stamps))
-        wrote = wrote + 1
+    for i = 1, #metrics, 2 do
+      local name = metrics[i]
+      local at = known[name]
+      if not at or ts >= at then
+        known[name] = ts
+        fields[name] = metrics[i + 1]
+        stamps[name] = ts
       end
     end
   end
-  if wrote > before then
+  local hset, tset = {}, {}
+  for name, value in pairs(fields) do hset[#hset + 1] = name; hset[#hset + 1] = value end
+  for name, at in pairs(stamps) do tset[#tset + 1] = name; tset[#tset + 1] = at end
+  if #hset > 0 then
+    redis.call('HSET', key, unpack(hset))
+    if #tset > 0 then redis.call('HSET', times_key, unpack(tset)) end
     redis.call('EXPIRE', key, ttl)
     redis.call('EXPIRE', times_key, ttl)
+    wrote = wrote + 1
   end
 end
 return wrote

@@ -242,9 +242,12 @@ class Pipeline:
         for proc in [*self.connectors, *([self.api] if self.api else []),
                      *([self.worker] if self.worker else [])]:
             proc.stop()
-        if self.api is not None:
-            with psycopg.connect(self.settings.pg_conninfo, autocommit=True) as conn:
+        with psycopg.connect(self.settings.pg_conninfo, autocommit=True) as conn:
+            if self.api is not None:
                 conn.execute("DELETE FROM users WHERE username = %s", (self._username,))
+            # The bench's devices (thousands, all named bench-...) would otherwise crowd the
+            # dashboard's device list and every later test that reads it.
+            conn.execute("DELETE FROM devices WHERE id LIKE 'bench-%'")
         for i in range(len(self.connectors)):
             # A persistent session left behind would collect device messages for days.
             forget = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self._client_id(i),

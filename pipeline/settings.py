@@ -63,10 +63,14 @@ class Settings(BaseSettings):
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     mqtt_client_id: str = "webscada-connector-mqtt"
-    # MQTT connector processes `webscada run` starts; they share the devices' messages through
-    # the shared subscription $share/{mqtt_share_group}/devices/+/telemetry ("" : a plain one)
-    mqtt_connectors: int = Field(2, ge=1, le=16)
-    mqtt_share_group: str = Field("webscada", pattern=r"^[^/+#]*$")
+    # MQTT connector processes `webscada run` starts. More than one share the devices'
+    # messages through $share/{mqtt_share_group or "webscada"}/devices/+/telemetry. One, with
+    # a plain persistent subscription, by default: Mosquitto 2.0 does not restore shared
+    # subscriptions when it restarts, so readings published between its restart and the
+    # connectors' resubscription are PUBACKed to the device and dropped (a plain persistent
+    # subscription is restored and queues them). Share only with a broker that keeps them.
+    mqtt_connectors: int = Field(1, ge=1, le=16)
+    mqtt_share_group: str = Field("", pattern=r"^[^/+#]*$")
 
     # API
     api_host: str = "127.0.0.1"

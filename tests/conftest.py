@@ -61,10 +61,10 @@ def _start(argv: list[str], log_name: str, settings: Settings,
     logs = settings.stack_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = open(logs / log_name, "ab")
-    # MQTT connectors of the tests share messages among themselves only: the broker keeps
-    # handing a share to the sessions of other connectors of the group even while they are
-    # away (those of an earlier `make run`, say).
-    defaults = {"PYTHONUNBUFFERED": "1", "WEBSCADA_MQTT_SHARE_GROUP": f"test-{os.getpid()}"}
+    # MQTT connectors of the tests subscribe plainly (one connector, as `make run` by
+    # default): each gets every message, whatever shared sessions an earlier run left.
+    defaults = {"PYTHONUNBUFFERED": "1", "WEBSCADA_MQTT_SHARE_GROUP": "",
+                "WEBSCADA_MQTT_CONNECTORS": "1"}
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                             env={**os.environ, **defaults, **(env or {})},
                             start_new_session=True)

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Topics:
-    """Kafka topic names (DESIGN section 3; part of the contract)."""
+    """Kafka topic names (part of the contract: other programs rely on them)."""
 
     RAW = "telemetry.raw"
     VALID = "telemetry.valid"

@@ -1,4 +1,4 @@
-"""The alarm engine (DESIGN section 8): rules, the per-(rule, device) state machine,
+"""The alarm engine: rules, the per-(rule, device) state machine,
 PostgreSQL state and the ``alarms`` worker role.
 
 ``register_alarms`` is imported from :mod:`pipeline.alarms.agent` by the app's role

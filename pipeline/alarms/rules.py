@@ -1,6 +1,6 @@
 """Alarm rules: the typed, self-checking record and the parsing of its JSON form.
 
-A rule's JSON (``POST /api/alarm-rules``, DESIGN section 8)::
+A rule's JSON (``POST /api/alarm-rules``)::
 
     {"name", "device_id" | "application_id" (neither: every device), "metric",
      "operator": "> >= < <= == != stale", "threshold", "deadband", "for_seconds",

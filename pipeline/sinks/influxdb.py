@@ -1,4 +1,4 @@
-"""Time series points in InfluxDB 2 (DESIGN section 5).
+"""Time series points in InfluxDB 2 (the README says what each store keeps).
 
 One point per reading: measurement ``telemetry``, tags ``application_id``
 (when known), ``device_id`` and ``protocol``, one float field per metric plus

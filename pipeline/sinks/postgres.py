@@ -1,4 +1,4 @@
-"""Device registry upkeep in PostgreSQL: ``devices.last_seen`` (DESIGN section 5).
+"""Device registry upkeep in PostgreSQL: ``devices.last_seen`` (the README says what each store keeps).
 
 A batch is folded to one row per device (its newest reading) and upserted in
 one statement; ``last_seen`` only moves forward, so replaying a batch or

@@ -22,50 +22,49 @@ from pipeline.sinks.base import Sink
 from schemas.batch import ReadingBatch, iso_micros
 from schemas.latest import LATEST_KEY, NUMERIC_METADATA, TIMES_KEY
 
-__all__ = ["RedisLatestSink", "latest_fields"]
+__all__ = ["RedisLatestSink", "folded"]
 
 # One call per group of devices. KEYS: per device its latest hash and its times hash;
-# ARGV[1]: the TTL; ARGV[2]: JSON, per device (in KEYS order) its readings oldest first,
-# each [time, [field, value, ...], [metric, value, ...]]. The fields of the first list
-# (protocol, status, metadata ...) and ``ts`` are taken when the reading is not older
-# than the hash's ``ts``; each metric when the reading is not older than that metric's
-# own time. ISO-8601 strings of fixed width compare as the times they name. A device's
-# readings are folded in the script and written with one HSET per hash (per-reading
-# commands cost Redis more than the rest of the write). Packing every field as its own
-# Redis argument cost the client more than the rest of the sink; one JSON argument is
-# packed in C on both sides.
+# ARGV[1]: the TTL; ARGV[2]: JSON, per device (in KEYS order) what the batch holds for it,
+# folded: [newest time, [field, value, time, ...], [metric, value, time, ...]], each
+# field (protocol, status, metadata ...) and each metric with the newest value the batch
+# has of it and that reading's time. A field is taken when its time is not older than
+# the hash's ``ts``; a metric when its time is not older than that metric's own time in
+# the times hash; ``ts`` moves to the newest time when that is not older. This is what
+# writing the device's readings one by one, oldest first, would leave. ISO-8601 strings
+# of fixed width (the validate agent keeps every time between 1970 and 9999) compare as
+# the times they name. Folding in Python leaves Redis one small entry per device and
+# write, however many readings the batch had of it.
 _WRITE_IF_NEWER = """
 local ttl = tonumber(ARGV[1])
 local data = cjson.decode(ARGV[2])
 local wrote = 0
 for k = 1, #data do
   local key, times_key = KEYS[2 * k - 1], KEYS[2 * k]
+  local newest, envelope, metrics = data[k][1], data[k][2], data[k][3]
   local current = redis.call('HGET', key, 'ts')
-  local known = {}
-  local flat = redis.call('HGETALL', times_key)
-  for i = 1, #flat, 2 do known[flat[i]] = flat[i + 1] end
-  -- the device's readings folded here, written once: fields and metric times that change
-  local fields, stamps = {}, {}
-  for _, reading in ipairs(data[k]) do
-    local ts, envelope, metrics = reading[1], reading[2], reading[3]
-    if not current or ts >= current then
-      current = ts
-      fields['ts'] = ts
-      for i = 1, #envelope, 2 do fields[envelope[i]] = envelope[i + 1] end
+  local hset, tset = {}, {}
+  if not current or newest >= current then
+    hset[#hset + 1] = 'ts'; hset[#hset + 1] = newest
+  end
+  for i = 1, #envelope, 3 do
+    if not current or envelope[i + 2] >= current then
+      hset[#hset + 1] = envelope[i]; hset[#hset + 1] = envelope[i + 1]
     end
-    for i = 1, #metrics, 2 do
-      local name = metrics[i]
-      local at = known[name]
-      if not at or ts >= at then
-        known[name] = ts
-        fields[name] = metrics[i + 1]
-        stamps[name] = ts
+  end
+  if #metrics > 0 then
+    local known = {}
+    local flat = redis.call('HGETALL', times_key)
+    for i = 1, #flat, 2 do known[flat[i]] = flat[i + 1] end
+    for i = 1, #metrics, 3 do
+      local name, at = metrics[i], metrics[i + 2]
+      local seen = known[name]
+      if not seen or at >= seen then
+        hset[#hset + 1] = name; hset[#hset + 1] = metrics[i + 1]
+        tset[#tset + 1] = name; tset[#tset + 1] = at
       end
     end
   end
-  local hset, tset = {}, {}
-  for name, value in pairs(fields) do hset[#hset + 1] = name; hset[#hset + 1] = value end
-  for name, at in pairs(stamps) do tset[#tset + 1] = name; tset[#tset + 1] = at end
   if #hset > 0 then
     redis.call('HSET', key, unpack(hset))
     if #tset > 0 then redis.call('HSET', times_key, unpack(tset)) end
@@ -80,21 +79,46 @@ return wrote
 _KEYS_PER_CALL = 100
 
 
-def latest_fields(batch: ReadingBatch, i: int) -> list[Any]:
-    """Reading ``i`` as the script takes it: ``[[field, value, ...], [metric, value, ...]]``."""
-    fields: list[str] = ["protocol", batch.protocol[i]]
-    meta = batch.meta[i]
-    if meta:
-        for name, number in meta.items():
-            fields += [NUMERIC_METADATA[name], repr(number)]
-    for name, text in (("status", batch.status[i]), ("application_id", batch.application_id[i]),
-                       ("gateway_id", batch.gateway_id[i])):
-        if text is not None:
-            fields += [name, text]
-    metrics: list[str] = []
-    for name, value in batch.metrics[i].items():
-        metrics += [name, repr(value)]
-    return [fields, metrics]
+def folded(batch: ReadingBatch) -> dict[str, list[Any]]:
+    """Per device, what the write script takes: ``[newest time, [field, value, time, ...],
+    [metric, value, time, ...]]``, each field and metric with the newest value the batch
+    has of it (readings of equal time: the later in the batch wins)."""
+    ts, device_id, metrics, meta = batch.ts, batch.device_id, batch.metrics, batch.meta
+    protocol, status = batch.protocol, batch.status
+    application_id, gateway_id = batch.application_id, batch.gateway_id
+    # per device: field or metric name -> index of the newest reading that has it
+    state: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
+    for i in sorted(range(len(ts)), key=ts.__getitem__):  # stable: ties keep batch order
+        found = state.get(device_id[i])
+        if found is None:
+            found = state[device_id[i]] = ({}, {})
+        envelope, newest = found
+        newest.update(dict.fromkeys(metrics[i], i))
+        envelope["protocol"] = i
+        if meta[i]:
+            envelope.update(dict.fromkeys(meta[i], i))
+        if status[i] is not None:
+            envelope["status"] = i
+        if application_id[i] is not None:
+            envelope["application_id"] = i
+        if gateway_id[i] is not None:
+            envelope["gateway_id"] = i
+    text = {"protocol": protocol, "status": status, "application_id": application_id,
+            "gateway_id": gateway_id}
+    out: dict[str, list[Any]] = {}
+    for device, (envelope, newest) in state.items():
+        fields: list[str] = []
+        for name, i in envelope.items():
+            column = text.get(name)
+            if column is not None:
+                fields += [name, column[i], iso_micros(ts[i])]
+            else:
+                fields += [NUMERIC_METADATA[name], repr(meta[i][name]), iso_micros(ts[i])]
+        values: list[str] = []
+        for name, i in newest.items():
+            values += [name, repr(metrics[i][name]), iso_micros(ts[i])]
+        out[device] = [iso_micros(ts[envelope["protocol"]]), fields, values]
+    return out
 
 
 class RedisLatestSink(Sink):
@@ -111,16 +135,11 @@ class RedisLatestSink(Sink):
 
     async def write(self, batch: ReadingBatch) -> None:
         assert self._client is not None, "setup() first"
-        by_device: dict[str, list[int]] = {}
-        for i, device_id in enumerate(batch.device_id):
-            by_device.setdefault(device_id, []).append(i)
-        ts = batch.ts
+        state = folded(batch)
         keys: list[str] = []
-        readings: list[list[list[Any]]] = []
-        for device_id, rows in by_device.items():
-            rows.sort(key=ts.__getitem__)  # oldest first: the newest wins
+        for device_id in state:
             keys += [LATEST_KEY.format(device_id=device_id), TIMES_KEY.format(device_id=device_id)]
-            readings.append([[iso_micros(ts[i]), *latest_fields(batch, i)] for i in rows])
+        readings = list(state.values())
         try:
             if self._script is None:  # loaded once; again after Redis lost its scripts
                 self._script = await self._client.script_load(_WRITE_IF_NEWER)

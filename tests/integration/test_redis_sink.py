@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import redis
@@ -117,3 +118,83 @@ def redis_times(stack: Settings, device: str) -> dict[str, str]:
         return client.hgetall(TIMES_KEY.format(device_id=device))  # type: ignore[return-value]
     finally:
         client.close()
+
+
+def _random_readings(rng: random.Random, device: str, base: datetime) -> list[Telemetry]:
+    """40 readings within one second (many sharing a time), sparse metrics and envelope
+    fields (so rare, at times, that the newest reading carrying one is older than the hash)."""
+    rare = rng.choice([0.03, 0.1, 0.4])
+    readings = []
+    for n in range(40):
+        ts = base + timedelta(milliseconds=rng.randrange(10) * 100)
+        names = rng.sample(["a", "b", "c", "d"], rng.randrange(1, 4))
+        location = (Location(rng.uniform(-80, 80), rng.uniform(-170, 170))
+                    if rng.random() < rare else None)
+        metadata = TelemetryMetadata(
+            signal_strength=float(rng.randrange(-90, -40)) if rng.random() < rare else None,
+            gateway_id=f"gw{rng.randrange(3)}" if rng.random() < rare else None, location=location)
+        readings.append(Telemetry(
+            device_id=device, protocol="mqtt", ts=ts, received_at=ts, message_id=f"m{n}",
+            metrics={name: float(rng.randrange(100)) for name in names}, metadata=metadata,
+            status=f"s{n}" if rng.random() < rare else None))
+    return readings
+
+
+def _expected(readings: list[Telemetry]) -> tuple[dict[str, str], dict[str, str]]:
+    """The latest hash and times hash the rule of schemas.latest gives, reading by reading
+    in the order given: envelope fields and ``ts`` from a reading not older than ``ts``,
+    each metric from a reading not older than that metric's time."""
+    fields: dict[str, str] = {}
+    times: dict[str, str] = {}
+    for one in readings:
+        at = iso_utc(one.ts)
+        if "ts" not in fields or at >= fields["ts"]:
+            fields.update(ts=at, protocol=one.protocol)
+            meta = one.metadata
+            for name, value in (("status", one.status), ("gateway_id", meta.gateway_id)):
+                if value is not None:
+                    fields[name] = value
+            if meta.signal_strength is not None:
+                fields["signal_strength"] = repr(meta.signal_strength)
+            if meta.location is not None:
+                fields["location_lat"] = repr(meta.location.lat)
+                fields["location_lon"] = repr(meta.location.lon)
+        for name, value in one.metrics.items():
+            if name not in times or at >= times[name]:
+                fields[name], times[name] = repr(value), at
+    return fields, times
+
+
+async def test_one_batch_leaves_what_its_readings_written_one_by_one_leave(
+    sink: RedisLatestSink, stack: Settings
+) -> None:
+    # The sink folds a device's readings before Redis sees them; the hashes must be those
+    # that writing every reading on its own, in time order, leaves, and what the rule says:
+    # every field from the newest reading that carried it, nothing older than the hash's.
+    base = utcnow() - timedelta(minutes=5)
+    for seed in range(12):
+        folded_id, single_id = unique_id("rf"), unique_id("rs")
+        # what an earlier batch left, mid-way in time
+        earlier = Telemetry(device_id=folded_id, protocol="http", ts=base + timedelta(milliseconds=450),
+                            received_at=base, message_id="seed", metrics={"a": -1.0, "e": -2.0},
+                            status="old")
+        for device in (folded_id, single_id):
+            await sink.write(ReadingBatch.of([Telemetry(
+                device_id=device, protocol=earlier.protocol, ts=earlier.ts, received_at=base,
+                message_id="seed", metrics=dict(earlier.metrics), status=earlier.status)]))
+        # the same readings under both ids: shuffled in one batch, and one by one
+        rng = random.Random(seed)
+        folded = _random_readings(rng, folded_id, base)
+        rng.shuffle(folded)
+        await sink.write(ReadingBatch.of(folded))
+        # oldest first; of two readings with the same time the later in the batch wins
+        in_time = sorted(folded, key=lambda r: r.ts)
+        for one in in_time:
+            await sink.write(ReadingBatch.of([Telemetry(
+                device_id=single_id, protocol=one.protocol, ts=one.ts, received_at=one.received_at,
+                message_id=one.message_id, metrics=dict(one.metrics), metadata=one.metadata,
+                status=one.status)]))
+        assert redis_latest(stack, folded_id) == redis_latest(stack, single_id)
+        assert redis_times(stack, folded_id) == redis_times(stack, single_id)
+        assert (redis_latest(stack, folded_id), redis_times(stack, folded_id)) == _expected(
+            [earlier, *in_time])

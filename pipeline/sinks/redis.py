@@ -103,8 +103,9 @@ def folded(batch: ReadingBatch) -> dict[str, list[Any]]:
             envelope["application_id"] = i
         if gateway_id[i] is not None:
             envelope["gateway_id"] = i
-    text = {"protocol": protocol, "status": status, "application_id": application_id,
-            "gateway_id": gateway_id}
+    text: dict[str, list[str] | list[str | None]] = {
+        "protocol": protocol, "status": status, "application_id": application_id,
+        "gateway_id": gateway_id}
     out: dict[str, list[Any]] = {}
     for device, (envelope, newest) in state.items():
         fields: list[str] = []

@@ -103,7 +103,7 @@ def folded(batch: ReadingBatch) -> dict[str, list[Any]]:
             envelope["application_id"] = i
         if gateway_id[i] is not None:
             envelope["gateway_id"] = i
-    text: dict[str, list[str] | list[str | None]] = {
+    text: dict[str, list[Any]] = {  # envelope fields (set only where not None)
         "protocol": protocol, "status": status, "application_id": application_id,
         "gateway_id": gateway_id}
     out: dict[str, list[Any]] = {}

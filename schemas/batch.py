@@ -48,6 +48,7 @@ __all__ = [
     "META_NUMBERS",
     "Metadata",
     "ReadingBatch",
+    "batch_passes",
     "check_row",
     "decode_batch",
     "from_micros",
@@ -65,6 +66,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _MAX_ID_CHARS = 128
 _META_ALLOWED = ("signal_strength", "battery_level", "snr", "lat", "lon")
+_META_NAMES = frozenset(_META_ALLOWED)
 
 
 class Metadata(TypedDict, total=False):
@@ -520,6 +522,46 @@ def _maps(record: dict[str, Any], prefix: str, table: list[str | None], count: i
 
 # Names checked once per process: metric names repeat in every reading.
 _GOOD_METRIC_NAMES: set[str] = set()
+
+
+def batch_passes(batch: ReadingBatch) -> bool:
+    """Whether every reading of ``batch`` keeps the rules :func:`check_row` checks.
+
+    The checks are made on the batch's distinct strings and whole columns (C loops,
+    a fraction of a microsecond a reading); when this says False, ask
+    :func:`check_row` which readings break them and why.
+    """
+    if not all(map(DEVICE_ID_PATTERN.fullmatch, set(batch.device_id))):
+        return False
+    if not PROTOCOLS.issuperset(batch.protocol):
+        return False
+    for column in (batch.message_id, batch.application_id, batch.gateway_id):
+        lengths = [len(text) for text in set(column) if text is not None]
+        if lengths and not (min(lengths) > 0 and max(lengths) <= _MAX_ID_CHARS):
+            return False
+    metrics = batch.metrics
+    if not all(metrics):
+        return False
+    names = set().union(*metrics)
+    if not names <= _GOOD_METRIC_NAMES:
+        if any(name in RESERVED_METRICS or not METRIC_NAME_PATTERN.fullmatch(name) for name in names):
+            return False
+        if len(_GOOD_METRIC_NAMES) < 100_000:
+            _GOOD_METRIC_NAMES.update(names)
+    if not all(map(math.isfinite, chain.from_iterable(map(dict.values, metrics)))):
+        return False
+    meta = [m for m in batch.meta if m]
+    if meta:
+        if not set().union(*meta) <= _META_NAMES:
+            return False
+        if not all(map(math.isfinite, chain.from_iterable(map(dict.values, meta)))):
+            return False
+        for m in meta:
+            if "lat" in m or "lon" in m:
+                lat, lon = m.get("lat"), m.get("lon")
+                if lat is None or lon is None or not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+                    return False
+    return True
 
 
 def check_row(batch: ReadingBatch, i: int) -> str | None:

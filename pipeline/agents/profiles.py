@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,3 +112,19 @@ class RecentIds:
         self._ids.move_to_end(message_id)
         if len(self._ids) > self._size:
             self._ids.popitem(last=False)
+
+    def known(self, keys: Iterable[Hashable]) -> int:
+        """How many of the distinct ``keys`` are in the window."""
+        return len(self._ids.keys() & set(keys))
+
+    def remember_all(self, keys: Sequence[Hashable]) -> None:
+        """:meth:`remember` each of ``keys`` in turn (a whole batch in a few C calls)."""
+        ids = self._ids
+        if ids.keys().isdisjoint(keys):
+            ids.update(dict.fromkeys(keys))
+        else:
+            for key in keys:
+                ids[key] = None
+                ids.move_to_end(key)
+        while len(ids) > self._size:
+            ids.popitem(last=False)

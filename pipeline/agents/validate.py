@@ -40,7 +40,7 @@ from pipeline.agents.profiles import ProfileCache, RecentIds, split_metrics
 from pipeline.producer import AsyncProducer, Outgoing, by_partition, partition_for
 from pipeline.settings import Settings, Topics
 from schemas import CodecError, InvalidRecordError
-from schemas.batch import ReadingBatch, check_row, decode_batch, is_batch
+from schemas.batch import ReadingBatch, batch_passes, check_row, decode_batch, is_batch
 
 __all__ = ["Validator", "register_validate"]
 
@@ -99,6 +99,18 @@ class Validator:
             out.append(dead_letter_for(message, reason=str(exc), stage=STAGE))
             return
         single = not is_batch(value)
+        if not single and self._all_pass(batch, now_us):
+            keys = list(zip(batch.device_id, batch.message_id, strict=True))
+            if len(set(keys)) == len(keys) and not self._recent.known(keys):
+                self._recent.remember_all(keys)
+                instants = list(zip(batch.device_id, batch.ts, strict=True))
+                distinct = set(instants)
+                same_time = len(instants) - len(distinct) + self._instants.known(distinct)
+                if same_time:
+                    SAME_TIME.inc(same_time)
+                self._instants.remember_all(instants)
+                self._pass(batch, range(len(batch)), False, value, message.partition, passed, out)
+                return
         keep: list[int] = []
         changed = False
         for i in range(len(batch)):
@@ -131,15 +143,36 @@ class Validator:
                 SAME_TIME.inc()
             self._instants.remember(instant)
             keep.append(i)
-        if not keep:
-            return
+        if keep:
+            self._pass(batch, keep, changed, value, message.partition, passed, out)
+
+    def _pass(self, batch: ReadingBatch, keep: Sequence[int], changed: bool, value: bytes,
+              partition: int, passed: ReadingBatch, out: list[Outgoing]) -> None:
+        """Readings ``keep`` of ``batch`` go on: the record as it came when it is whole and
+        large, else into ``passed`` to be regrouped."""
         if not changed and len(batch) >= _FORWARD_AT and self._same_layout and all(
-                partition_for(device_id, self._valid_partitions) == message.partition
-                for device_id in batch.device_id):
-            out.append(Outgoing(Topics.VALID, None, value, message.partition))
+                partition_for(device_id, self._valid_partitions) == partition
+                for device_id in set(batch.device_id)):
+            out.append(Outgoing(Topics.VALID, None, value, partition))
             PASSED.inc(len(keep))
             return
-        passed.extend(batch, keep)
+        passed.extend(batch, None if len(keep) == len(batch) else keep)
+
+    def _all_pass(self, batch: ReadingBatch, now_us: int) -> bool:
+        """Whether every reading of ``batch`` passes :meth:`_reason` and has no profile
+        ranges to meet (the common case, checked on whole columns)."""
+        ts = batch.ts
+        if not ts or min(ts) < 0 or max(ts) > now_us + self._max_skew_us:
+            return False
+        devices = set(batch.device_id)
+        limits = self._profiles.limits
+        if limits and not limits.keys().isdisjoint(devices):
+            return False
+        if (not self._settings.auto_register and self._profiles.loaded
+                and not self._profiles.known_devices.issuperset(devices)
+                and not SELF_REGISTERING.isdisjoint(batch.protocol)):
+            return False
+        return batch_passes(batch)
 
     def _reason(self, batch: ReadingBatch, i: int, now_us: int, key: bytes | None) -> str | None:
         reason = check_row(batch, i)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastavro import schemaless_writer
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.producer import by_partition, murmur2, partition_for
@@ -19,6 +19,7 @@ from schemas.batch import (
     ReadingBatch,
     _batch_schema,
     _pack,
+    batch_passes,
     check_row,
     decode_batch,
     from_micros,
@@ -133,6 +134,37 @@ def test_check_row_refuses_what_telemetry_refuses(change: dict[str, object], rea
         getattr(batch, name)[0] = value
     assert reason in (check_row(batch, 0) or "")
     assert check_row(ReadingBatch.of([_reading()]), 0) is None
+
+
+# Every change above, and harmless ones: batch_passes must say False exactly when one of
+# the readings of a batch breaks a rule (it checks whole columns; check_row one reading).
+_CHANGES = [
+    {"device_id": "bad id"}, {"protocol": "carrier-pigeon"}, {"message_id": ""},
+    {"message_id": "m" * 129}, {"application_id": ""}, {"application_id": "a" * 129},
+    {"metrics": {}}, {"metrics": {"ts": 1.0}}, {"metrics": {"a b": 1.0}}, {"metrics": {"_x": 1.0}},
+    {"metrics": {"x": math.nan}}, {"metrics": {"x": -math.inf}}, {"meta": {"snr": math.inf}},
+    {"meta": {"rssi": 1.0}}, {"meta": {"lat": 91.0, "lon": 0.0}}, {"meta": {"lat": 1.0}},
+    {"meta": {"lon": 1.0}}, {"meta": {"lat": 1.0, "lon": -181.0}}, {"gateway_id": ""},
+    # harmless
+    {"device_id": "d-2"}, {"protocol": "lorawan"}, {"message_id": "m" * 128},
+    {"application_id": "app"}, {"metrics": {"x": 1e300, "y": -0.0}}, {"meta": {"snr": -3.5}},
+    {"meta": {"lat": -90.0, "lon": 180.0, "battery_level": 3.0}}, {"gateway_id": "gw"},
+]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 7), st.sampled_from(_CHANGES)), max_size=6),
+       st.integers(1, 8))
+def test_batch_passes_agrees_with_check_row(changes: list[tuple[int, dict[str, object]]],
+                                            size: int) -> None:
+    batch = ReadingBatch.of([_reading(mid=str(i)) for i in range(size)])
+    for row, change in changes:
+        for name, value in change.items():
+            getattr(batch, name)[row % size] = value
+    each = [check_row(batch, i) for i in range(size)]
+    assert batch_passes(batch) == all(reason is None for reason in each), each
+    # and the same of the batch as it arrives from Kafka (lazy columns)
+    assert batch_passes(decode_batch(batch.encode())) == batch_passes(batch)
 
 
 @given(st.integers(min_value=0, max_value=253402300799999999))

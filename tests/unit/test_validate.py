@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,7 +13,7 @@ from pipeline.agents.validate import Validator
 from pipeline.producer import partition_for
 from pipeline.settings import Settings, Topics
 from schemas import DeadLetter, Telemetry, utcnow
-from schemas.batch import ReadingBatch, decode_batch
+from schemas.batch import ReadingBatch, decode_batch, to_micros
 
 
 @dataclass
@@ -203,3 +205,54 @@ def test_readings_of_one_device_at_one_instant_are_counted() -> None:
     before = SAME_TIME._value.get()
     assert len(_route(validator, first, same_instant)) == 2  # both pass: the stores merge them
     assert SAME_TIME._value.get() == before + 1
+
+
+def test_whole_batch_checks_route_as_reading_by_reading_checks() -> None:
+    # The validator checks a batch on whole columns when it can and reading by reading when
+    # something is wrong; both must route every reading alike. Random batches with
+    # repeated identities, repeated instants, out-of-range metrics, unknown devices, future
+    # and pre-1970 times, bad names and values, against a validator that always goes
+    # reading by reading.
+    from pipeline.agents.validate import DUPLICATES, SAME_TIME
+
+    rng = random.Random(7)
+    base = utcnow() - timedelta(minutes=1)
+    for auto_register in (True, False):
+        events = []
+        for n in range(60):
+            batch = ReadingBatch()
+            for _ in range(rng.randrange(1, 12)):
+                ts = base + timedelta(seconds=rng.randrange(30))
+                odd = rng.random()
+                if odd < 0.03:
+                    ts = datetime(1969, 1, 1, tzinfo=UTC)
+                elif odd < 0.06:
+                    ts = utcnow() + timedelta(hours=1)
+                metrics = {"temperature": float(rng.randrange(-50, 150)), "flow": 1.0}
+                if rng.random() < 0.03:
+                    metrics = {"time": 1.0} if rng.random() < 0.5 else {"x": math.nan}
+                batch.append(device_id=rng.choice(["d1", "d2", "d3", "stranger"]),
+                             protocol=rng.choice(["mqtt", "http"]), ts=to_micros(ts),
+                             received_at=to_micros(ts), message_id=str(rng.randrange(40)),
+                             metrics=metrics)
+            events.append(_Event(_Message(None, batch.encode(), offset=n)))
+        routes = []
+        for whole_batches in (True, False):
+            validator = _validator(auto_register=auto_register, known={"d1", "d2", "d3"},
+                                   limits={"temperature": {"min": -40, "max": 125}})
+            if not whole_batches:
+                validator._all_pass = lambda *_: False  # type: ignore[method-assign]
+            counters = (DUPLICATES._value.get(), SAME_TIME._value.get())
+            out = []
+            for start in range(0, len(events), 7):
+                for item in validator.route(events[start:start + 7]):  # type: ignore[arg-type]
+                    if item.topic == Topics.DLQ:
+                        letter = DeadLetter.decode(item.value)
+                        out.append((item.topic, letter.reason, letter.source_offset, letter.payload))
+                    else:
+                        readings = decode_batch(item.value)
+                        out += [(item.topic, item.partition, readings.json(i)) for i in range(len(readings))]
+            routes.append((out, DUPLICATES._value.get() - counters[0], SAME_TIME._value.get() - counters[1]))
+        assert routes[0] == routes[1]
+        assert routes[0][1] > 0 and routes[0][2] > 0
+        assert any(topic == Topics.DLQ for topic, *_ in routes[0][0])

@@ -26,6 +26,7 @@ import hashlib
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any, NamedTuple
 
 from connectors._fields import MAX_ID_CHARS, RejectedField, metadata_fields, metric_fields, quick_fields
@@ -69,8 +70,6 @@ _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 _new_row = tuple.__new__  # a ReadingRow without NamedTuple's Python-level __new__
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-# how far ahead of its arrival a device's clock may be (the validate agent's default too)
-MAX_FUTURE_SKEW_S = 300.0
 # Device ids that passed the rule, so the regular expression runs once per device and process.
 _GOOD_DEVICE_IDS: set[str] = set()
 _MAX_REMEMBERED = 100_000
@@ -167,6 +166,15 @@ def _dead_letter(
                       device_id=device_id, failed_at=failed_at, details=details)
 
 
+@cache
+def _max_future_skew_s() -> float:
+    """How far ahead of its arrival a device's clock may be: the setting the validate
+    agent keeps too (``WEBSCADA_MAX_FUTURE_SKEW_S``, 300 s by default)."""
+    from pipeline.settings import Settings
+
+    return Settings().max_future_skew_s
+
+
 def parse_reading(
     payload: bytes,
     *,
@@ -175,17 +183,20 @@ def parse_reading(
     received_at: datetime,
     message_id: str | None = None,
     application_id: str | None = None,
+    max_future_skew_s: float | None = None,
 ) -> ParsedReading:
     """Parse a device's JSON body.
 
     ``message_id`` is used when the payload has no ``messageId``; without
     either, a stable id is derived (see :func:`derive_message_id`).
     ``application_id``, when given, wins over the payload's ``applicationId``.
-    Raises :class:`PayloadError` when the payload as a whole is unusable.
+    Raises :class:`PayloadError` when the payload as a whole is unusable
+    (:func:`reading_from_object` says which times are accepted).
     """
     return reading_from_object(
         load_object(payload), payload=payload, device_id=device_id, protocol=protocol,
         received_at=received_at, message_id=message_id, application_id=application_id,
+        max_future_skew_s=max_future_skew_s,
     )
 
 
@@ -210,13 +221,17 @@ def reading_from_object(
     received_at: datetime,
     message_id: str | None = None,
     application_id: str | None = None,
-    max_future_skew_s: float = MAX_FUTURE_SKEW_S,
+    max_future_skew_s: float | None = None,
 ) -> ParsedReading:
     """Build the reading from an already decoded JSON object.
 
     For connectors that take protocol-specific keys out of the object first
     (e.g. GSM's ``imei``/``csq``); ``payload`` is still the original bytes.
+    ``max_future_skew_s``: how far ahead of ``received_at`` the device time may be
+    (default: the ``max_future_skew_s`` setting).
     """
+    if max_future_skew_s is None:
+        max_future_skew_s = _max_future_skew_s()
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol {protocol!r} is not one of {', '.join(sorted(PROTOCOLS))}")
     if received_at.tzinfo is None:

@@ -282,6 +282,22 @@ def test_bad_timestamps(timestamp: str, message: str) -> None:
     assert str(caught.value) == message
 
 
+def test_the_allowed_clock_skew_is_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from connectors import payload
+
+    monkeypatch.setenv("WEBSCADA_MAX_FUTURE_SKEW_S", "10")
+    payload._max_future_skew_s.cache_clear()
+    try:
+        assert parse(b'{"t": 1, "timestamp": "2024-05-01T12:00:14Z"}').row is not None  # 9 s ahead
+        with pytest.raises(BadTimestampError, match="'2024-05-01T12:00:16Z' is more than 10 s ahead"):
+            parse(b'{"t": 1, "timestamp": "2024-05-01T12:00:16Z"}')
+        # a caller may still say it itself
+        assert parse(b'{"t": 1, "timestamp": "2024-05-01T12:00:16Z"}',
+                      max_future_skew_s=60).row is not None
+    finally:
+        payload._max_future_skew_s.cache_clear()
+
+
 @pytest.mark.parametrize(
     ("timestamp", "expected"),
     [

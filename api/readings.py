@@ -98,7 +98,9 @@ def parse_readings(
         if idempotency_key is not None:
             obj.pop(_MESSAGE_KEY, None)
             message_id = idempotency_key if single else f"{idempotency_key}-{index}"
-        payload = body if single else json.dumps(
+        # An item's own bytes matter only to derive its message id (HTTP dead-letters
+        # nothing: a bad body is refused whole), so they are written out only for that.
+        payload = body if single or message_id is not None or _MESSAGE_KEY in obj else json.dumps(
             item, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         try:
             parsed = reading_from_object(

@@ -8,6 +8,8 @@ parameter: psycopg's list adapters cost more per device than the rest of the sin
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -17,7 +19,7 @@ from pipeline.pgpool import make_pool
 from pipeline.sinks.base import Sink
 from schemas.batch import ReadingBatch, iso_micros
 
-__all__ = ["PostgresDeviceSink"]
+__all__ = ["IDENTIFIER_KEYS", "PostgresDeviceSink", "device_rows"]
 
 # metadata.extra keys that identify a device's hardware and are kept in devices.identifiers
 # (counters such as f_cnt change with every reading and are not).
@@ -49,6 +51,35 @@ WHERE d.id = u.id
 """
 
 
+def device_rows(batch: ReadingBatch) -> list[dict[str, Any]]:
+    """One upsert row per device of ``batch``: what the sink sends to PostgreSQL.
+
+    Each row is the device's newest reading (``last_seen`` its device time as
+    ISO-8601, ``message_id``, ``protocol``, ``application_id``) and
+    ``identifiers``: the hardware-identifying ``metadata.extra`` keys
+    (:data:`IDENTIFIER_KEYS`) of all its readings, the later reading's value winning.
+    Pure, so the write format can be checked without a database.
+    """
+    newest: dict[str, int] = {}  # device id → index of its newest reading
+    identifiers: dict[str, dict[str, str]] = {}
+    ts = batch.ts
+    extra = batch.extra
+    for i, device_id in enumerate(batch.device_id):
+        seen = newest.get(device_id)
+        if seen is None or ts[i] >= ts[seen]:
+            newest[device_id] = i
+        if extra[i]:  # readings in device order: the newest value of a key wins
+            found = {k: v for k, v in extra[i].items() if k in IDENTIFIER_KEYS}
+            if found:
+                identifiers.setdefault(device_id, {}).update(found)
+    return [
+        {"id": device_id, "protocol": batch.protocol[i], "application_id": batch.application_id[i],
+         "last_seen": iso_micros(ts[i]), "message_id": batch.message_id[i],
+         "identifiers": identifiers.get(device_id, {})}
+        for device_id, i in newest.items()
+    ]
+
+
 class PostgresDeviceSink(Sink):
     name = "postgres"
 
@@ -63,24 +94,7 @@ class PostgresDeviceSink(Sink):
 
     async def write(self, batch: ReadingBatch) -> None:
         assert self._pool is not None, "setup() first"
-        newest: dict[str, int] = {}  # device id → index of its newest reading
-        identifiers: dict[str, dict[str, str]] = {}
-        ts = batch.ts
-        extra = batch.extra
-        for i, device_id in enumerate(batch.device_id):
-            seen = newest.get(device_id)
-            if seen is None or ts[i] >= ts[seen]:
-                newest[device_id] = i
-            if extra[i]:  # readings in device order: the newest value of a key wins
-                found = {k: v for k, v in extra[i].items() if k in IDENTIFIER_KEYS}
-                if found:
-                    identifiers.setdefault(device_id, {}).update(found)
-        rows = orjson.dumps([
-            {"id": device_id, "protocol": batch.protocol[i], "application_id": batch.application_id[i],
-             "last_seen": iso_micros(ts[i]), "message_id": batch.message_id[i],
-             "identifiers": identifiers.get(device_id, {})}
-            for device_id, i in newest.items()
-        ]).decode()
+        rows = orjson.dumps(device_rows(batch)).decode()
         try:
             async with self._pool.connection() as conn:
                 await conn.execute(_UPSERT if self._auto_register else _TOUCH_KNOWN, (rows,))

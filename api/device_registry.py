@@ -32,7 +32,7 @@ from api.device_keys import hash_api_key, new_api_key
 from api.errors import ApiError, BadRequest, Forbidden, InvalidField, NotFound, ServiceUnavailable
 from api.openapi import describe
 from api.services import services_of
-from schemas.records import DEVICE_ID_PATTERN, PROTOCOLS, iso_utc
+from schemas.records import APPLICATION_ID_PATTERN, DEVICE_ID_PATTERN, PROTOCOLS, iso_utc
 
 __all__ = ["device_registry_routes"]
 
@@ -68,7 +68,7 @@ _FIELDS = {
     "name": {"type": "string", "maxLength": _MAX_NAME, "nullable": True},
     "protocol": {"type": "string", "enum": sorted(PROTOCOLS)},
     "application_id": {"type": "string", "minLength": 1, "maxLength": _MAX_APPLICATION,
-                       "nullable": True},
+                       "pattern": APPLICATION_ID_PATTERN.pattern, "nullable": True},
 }
 _NEW = {"type": "object", "required": ["id", "protocol"],
         "properties": {"id": {"type": "string", "pattern": DEVICE_ID_PATTERN.pattern}, **_FIELDS}}
@@ -117,9 +117,10 @@ def _fields(body: dict[str, Any], principal: Principal, *, creating: bool) -> di
         out["protocol"] = protocol
     if "application_id" in body or creating:
         app = body.get("application_id")
-        if app is not None and not _text(app, 1, _MAX_APPLICATION):
+        if app is not None and not (isinstance(app, str) and APPLICATION_ID_PATTERN.fullmatch(app)):
             raise InvalidField("application_id", app,
-                               f"must be text of 1 to {_MAX_APPLICATION} characters (no NUL), or null")
+                               f"must be text of 1 to {_MAX_APPLICATION} characters without control"
+                               " characters or backslashes, or null")
         if not principal.is_admin and (app is None or app not in principal.applications):
             raise Forbidden("forbidden", "a device must belong to one of your applications")
         out["application_id"] = app

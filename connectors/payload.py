@@ -43,6 +43,7 @@ from connectors.errors import (
 from connectors.reading import ReadingRow
 from schemas.batch import to_micros
 from schemas.records import (
+    APPLICATION_ID_PATTERN,
     DEVICE_ID_PATTERN,
     PROTOCOLS,
     DeadLetter,
@@ -262,11 +263,12 @@ def reading_from_object(
     rejected: list[RejectedField] = []
     if application_id is None and "applicationId" in obj:
         app = obj["applicationId"]
-        if isinstance(app, str) and 0 < len(app) <= MAX_ID_CHARS:
+        if isinstance(app, str) and APPLICATION_ID_PATTERN.fullmatch(app):
             application_id = app
         elif app is not None:
             rejected.append(RejectedField(
                 "applicationId", f"{describe(app)} is not a string of 1 to 128 characters"
+                " without control characters or backslashes"
             ))
     quick = quick_fields(obj)
     if quick is not None:

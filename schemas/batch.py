@@ -32,6 +32,8 @@ from fastavro import schemaless_reader, schemaless_writer
 from schemas.codec import MAGIC, registry
 from schemas.errors import InvalidRecordError, MalformedRecordError, UnknownSchemaError
 from schemas.records import (
+    APPLICATION_ID_PATTERN,
+    APPLICATION_ID_RULE,
     DEVICE_ID_PATTERN,
     METRIC_NAME_PATTERN,
     PROTOCOLS,
@@ -535,10 +537,12 @@ def batch_passes(batch: ReadingBatch) -> bool:
         return False
     if not PROTOCOLS.issuperset(batch.protocol):
         return False
-    for column in (batch.message_id, batch.application_id, batch.gateway_id):
+    for column in (batch.message_id, batch.gateway_id):
         lengths = [len(text) for text in set(column) if text is not None]
         if lengths and not (min(lengths) > 0 and max(lengths) <= _MAX_ID_CHARS):
             return False
+    if not all(APPLICATION_ID_PATTERN.fullmatch(app) for app in set(batch.application_id) if app is not None):
+        return False
     metrics = batch.metrics
     if not all(metrics):
         return False
@@ -576,8 +580,8 @@ def check_row(batch: ReadingBatch, i: int) -> str | None:
     if not message_id or len(message_id) > _MAX_ID_CHARS:
         return "message_id must be 1 to 128 characters"
     application_id = batch.application_id[i]
-    if application_id is not None and not 0 < len(application_id) <= _MAX_ID_CHARS:
-        return "application_id must be 1 to 128 characters"
+    if application_id is not None and not APPLICATION_ID_PATTERN.fullmatch(application_id):
+        return APPLICATION_ID_RULE
     metrics = batch.metrics[i]
     if not metrics:
         return "reading has no metric"

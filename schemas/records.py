@@ -19,6 +19,8 @@ from schemas.codec import registry
 from schemas.errors import InvalidRecordError
 
 __all__ = [
+    "APPLICATION_ID_PATTERN",
+    "APPLICATION_ID_RULE",
     "COMMAND_NAME_PATTERN",
     "COMMAND_STATUSES",
     "DEVICE_ID_PATTERN",
@@ -40,6 +42,11 @@ __all__ = [
 DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 # No leading underscore: InfluxDB reserves such keys (_measurement, _field, _value, _time ...).
 METRIC_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
+# What an application id may hold: 1 to 128 characters, none of them a control character
+# or a backslash (InfluxDB cannot keep those in a tag value as sent: it ends a point at a
+# line feed, drops a carriage return and reads a backslash as an escape).
+APPLICATION_ID_PATTERN = re.compile(r"^[^\x00-\x1f\x7f\\]{1,128}$")
+APPLICATION_ID_RULE = "application_id must be 1 to 128 characters, no control character or backslash"
 PROTOCOLS = frozenset({"mqtt", "http", "websocket", "lorawan", "gsm", "bluetooth"})
 # Metric names a store keeps for something else, so that every accepted metric is stored
 # the same way in Redis, InfluxDB and the API. The one list: every ingest path and the
@@ -166,6 +173,8 @@ class Telemetry:
         object.__setattr__(self, "received_at", _aware(self.received_at, "received_at"))
         if not self.message_id or len(self.message_id) > 128:
             raise InvalidRecordError("message_id must be 1 to 128 characters")
+        if self.application_id is not None and not APPLICATION_ID_PATTERN.fullmatch(self.application_id):
+            raise InvalidRecordError(APPLICATION_ID_RULE)
         metrics: dict[str, float] = {}
         for name, value in self.metrics.items():
             if not METRIC_NAME_PATTERN.fullmatch(name) or name in RESERVED_METRICS:

@@ -27,7 +27,9 @@ from schemas.latest import NUMERIC_METADATA
 __all__ = ["MEASUREMENT", "InfluxSink", "line_of", "lines_of"]
 
 MEASUREMENT = "telemetry"
-_TAG_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\\": "\\\\"})
+# What InfluxDB unescapes in a tag value; application ids hold no backslash or control
+# character (schemas.records.APPLICATION_ID_PATTERN), which a tag value cannot keep.
+_TAG_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
 
 
 def _tag(value: str) -> str:

@@ -141,6 +141,7 @@ def test_check_row_refuses_what_telemetry_refuses(change: dict[str, object], rea
 _CHANGES = [
     {"device_id": "bad id"}, {"protocol": "carrier-pigeon"}, {"message_id": ""},
     {"message_id": "m" * 129}, {"application_id": ""}, {"application_id": "a" * 129},
+    {"application_id": "a\\b"}, {"application_id": "a\nb"},
     {"metrics": {}}, {"metrics": {"ts": 1.0}}, {"metrics": {"a b": 1.0}}, {"metrics": {"_x": 1.0}},
     {"metrics": {"x": math.nan}}, {"metrics": {"x": -math.inf}}, {"meta": {"snr": math.inf}},
     {"meta": {"rssi": 1.0}}, {"meta": {"lat": 91.0, "lon": 0.0}}, {"meta": {"lat": 1.0}},

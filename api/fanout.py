@@ -17,7 +17,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -149,6 +149,10 @@ class Fanout:
         outbox = self._outboxes.get(sid)
         if outbox is not None:
             outbox.put(event, payload)
+
+    def listened(self, rooms: Iterable[str]) -> bool:
+        """Whether a client is in one of ``rooms``."""
+        return any(room in self._rooms for room in rooms)
 
     async def emit(self, event: str, data: Any = None, *, to: Any = None) -> None:
         """Queue ``data`` for every client in any of the rooms ``to`` (each client once)."""

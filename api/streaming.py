@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,6 +22,7 @@ from api.metrics import INGESTED, LIVE_EVENTS, TAIL_RECORDS, TAIL_RESTARTS, TAIL
 from api.payloads import record_views
 from api.rooms import Room, RoomError
 from pipeline.settings import Topics
+from schemas.batch import ReadingBatch, decode_batch, is_batch
 from schemas.errors import CodecError, InvalidRecordError
 
 __all__ = ["LIVE_TOPICS", "Emitter", "LiveEvent", "RoutingError", "TopicTail", "live_events"]
@@ -53,10 +56,17 @@ class LiveEvent:
 class Emitter(Protocol):
     async def emit(self, event: str, data: Any = None, *, to: Any = None) -> None: ...
 
+    def listened(self, rooms: Iterable[str]) -> bool:
+        """Whether anyone is in one of ``rooms`` now."""
+        ...
 
-def live_events(topic: str, value: bytes) -> list[LiveEvent]:
+
+def live_events(topic: str, value: bytes,
+                listened: Callable[[Iterable[str]], bool] | None = None) -> list[LiveEvent]:
     """The events a record of ``topic`` becomes: one per reading of a telemetry batch.
 
+    ``listened``: when given, readings whose rooms nobody is in are left out (their
+    JSON is never built: at thousands of readings a second, most of the tail's work).
     Raises :class:`RoutingError`, :class:`~schemas.errors.CodecError` or
     :class:`~schemas.errors.InvalidRecordError` for a record that cannot.
     """
@@ -64,11 +74,36 @@ def live_events(topic: str, value: bytes) -> list[LiveEvent]:
         schema, event = _EVENTS[topic]
     except KeyError:
         raise RoutingError(f"topic {topic!r} is not a live topic") from None
+    if event == "telemetry" and is_batch(value):
+        return _telemetry_events(topic, decode_batch(value), listened)
     events: list[LiveEvent] = []
     for name, payload in record_views(value):
         if name != schema:
             raise RoutingError(f"{topic} carries {name}, expected {schema}")
         events.append(_live_event(event, topic, payload))
+    return events
+
+
+def _telemetry_events(topic: str, batch: ReadingBatch,
+                      listened: Callable[[Iterable[str]], bool] | None) -> list[LiveEvent]:
+    for protocol, count in Counter(batch.protocol).items():
+        INGESTED.labels(protocol).inc(count)
+    rooms_of: dict[tuple[str, str | None], tuple[str, ...] | None] = {}
+    events: list[LiveEvent] = []
+    for i, key in enumerate(zip(batch.device_id, batch.application_id, strict=True)):
+        if key not in rooms_of:
+            device_id, application_id = key
+            try:
+                rooms = [str(Room("device", device_id))]
+            except RoomError as exc:
+                raise RoutingError(f"{topic} record: {exc}") from exc
+            if application_id:
+                with contextlib.suppress(RoomError):  # an odd application id still reaches the device room
+                    rooms.append(str(Room.application(application_id)))
+            rooms_of[key] = tuple(rooms) if listened is None or listened(rooms) else None
+        wanted = rooms_of[key]
+        if wanted is not None:
+            events.append(LiveEvent("telemetry", wanted, batch.json(i)))
     return events
 
 
@@ -174,7 +209,7 @@ class TopicTail:
         try:
             if message.value is None:
                 raise RoutingError("tombstone (null value)")
-            events = live_events(topic, message.value)
+            events = live_events(topic, message.value, self._emitter.listened)
         except (CodecError, InvalidRecordError, RoutingError) as exc:
             TAIL_SKIPPED.labels(topic).inc()
             log.warning(
@@ -182,7 +217,7 @@ class TopicTail:
             )
             return
         for event in events:
-            if event.event == "telemetry":
+            if event.event == "telemetry" and not is_batch(message.value):
                 INGESTED.labels(str(event.payload.get("protocol"))).inc()
             try:
                 await self._emitter.emit(event.event, event.payload, to=list(event.rooms))

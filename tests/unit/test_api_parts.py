@@ -170,6 +170,18 @@ def test_telemetry_goes_to_device_and_application_rooms() -> None:
         (event.rooms, event.payload), (alone.rooms, alone.payload)]
 
 
+def test_readings_nobody_listens_to_become_no_event() -> None:
+    other = Telemetry(device_id="dev-2", protocol="mqtt", ts=_telemetry().ts, received_at=_telemetry().ts,
+                      message_id="m2", metrics={"x": 1.0})
+    value = ReadingBatch.of([_telemetry(), other, _telemetry(None)]).encode()
+    assert len(live_events(Topics.VALID, value, lambda rooms: False)) == 0
+    by_device = live_events(Topics.VALID, value, lambda rooms: "device:dev-2" in rooms)
+    assert [(e.rooms, e.payload["message_id"]) for e in by_device] == [(("device:dev-2",), "m2")]
+    by_application = live_events(Topics.VALID, value, lambda rooms: "application:plant-1" in rooms)
+    assert [e.rooms for e in by_application] == [("device:dev-1", "application:plant-1")]
+    assert len(live_events(Topics.VALID, value, lambda rooms: True)) == 3
+
+
 def test_alarm_command_status_and_system_rooms() -> None:
     alarm = registry().encode("AlarmEvent", {
         "alarm_id": "a1", "rule_id": "r1", "device_id": "dev-1", "event": "raised",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -92,39 +91,42 @@ class ProfileCache:
 
 
 class RecentIds:
-    """The last ``size`` reading identities passed on: a repeat within that window is a duplicate.
+    """The reading identities passed on lately: a repeat within that window is a duplicate.
 
     A reading's identity is ``(device_id, message_id)``: devices may count their
     message ids from 1, so ids are never compared across devices. Only readings
     that went on to ``telemetry.valid`` are remembered, so a reading replayed
     from the DLQ after a fix is not mistaken for a duplicate.
+
+    The window holds at least the last ``size`` identities and at most twice that:
+    two generations of plain dicts, the older dropped whole when the newer is full.
+    Plain dicts take a batch of keys in one C call and forget a generation at once,
+    where an ordered dict paid for every key it moved or evicted.
     """
 
     def __init__(self, size: int = 200_000) -> None:
-        self._size = size
-        self._ids: OrderedDict[Hashable, None] = OrderedDict()
+        self._size = max(1, size)
+        self._new: dict[Hashable, None] = {}
+        self._old: dict[Hashable, None] = {}
 
-    def __contains__(self, message_id: object) -> bool:
-        return message_id in self._ids
+    def __contains__(self, key: object) -> bool:
+        return key in self._new or key in self._old
 
-    def remember(self, message_id: Hashable) -> None:
-        self._ids[message_id] = None
-        self._ids.move_to_end(message_id)
-        if len(self._ids) > self._size:
-            self._ids.popitem(last=False)
+    def remember(self, key: Hashable) -> None:
+        self._new[key] = None
+        if len(self._new) >= self._size:
+            self._old, self._new = self._new, {}
 
     def known(self, keys: Iterable[Hashable]) -> int:
         """How many of the distinct ``keys`` are in the window."""
-        return len(self._ids.keys() & set(keys))
+        distinct = set(keys)
+        found = self._new.keys() & distinct
+        if self._old:
+            found |= self._old.keys() & distinct
+        return len(found)
 
     def remember_all(self, keys: Sequence[Hashable]) -> None:
-        """:meth:`remember` each of ``keys`` in turn (a whole batch in a few C calls)."""
-        ids = self._ids
-        if ids.keys().isdisjoint(keys):
-            ids.update(dict.fromkeys(keys))
-        else:
-            for key in keys:
-                ids[key] = None
-                ids.move_to_end(key)
-        while len(ids) > self._size:
-            ids.popitem(last=False)
+        """:meth:`remember` each of ``keys`` (a whole batch in a few C calls)."""
+        self._new.update(dict.fromkeys(keys))
+        if len(self._new) >= self._size:
+            self._old, self._new = self._new, {}

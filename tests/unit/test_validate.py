@@ -125,11 +125,17 @@ def test_limits_parsing_ignores_malformed_entries() -> None:
     assert split_metrics({"t": 5.0}, {}) == ({"t": 5.0}, {})
 
 
-def test_recent_ids_forget_the_oldest() -> None:
-    recent = RecentIds(size=2)
-    for mid in ("a", "b", "c"):
-        recent.remember(mid)
-    assert "a" not in recent and "b" in recent and "c" in recent
+def test_recent_ids_keep_the_last_size_and_forget_the_oldest() -> None:
+    for bulk in (False, True):
+        recent = RecentIds(size=3)
+        for n in range(20):
+            if bulk:
+                recent.remember_all([n])
+            else:
+                recent.remember(n)
+            assert all(k in recent for k in range(max(0, n - 2), n + 1))  # the last 3, always
+            assert not any(k in recent for k in range(0, n - 5))  # never more than 6
+        assert recent.known([19, 19, 18, 0, 1]) == 2
 
 
 def test_the_same_message_id_from_two_devices_is_two_readings() -> None:

@@ -1,4 +1,4 @@
-"""The JSON body devices send (DESIGN section 6) turned into a typed reading.
+"""The JSON body devices send (docs/design.md, "Device-facing interfaces") turned into a typed reading.
 
 Two shapes are accepted::
 

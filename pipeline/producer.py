@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def producer_config(bootstrap: str, *, client_id: str, linger_ms: int = 5) -> dict[str, object]:
-    """The configuration every producer of the project uses (DESIGN section 3)."""
+    """The configuration every producer of the project uses (docs/design.md, "Kafka topics")."""
     return {
         "bootstrap.servers": bootstrap,
         "client.id": client_id,

@@ -28,7 +28,7 @@ __all__ = [
 STATUSES = COMMAND_STATUSES
 FINAL = frozenset({"acked", "failed", "expired"})
 OPEN = tuple(status for status in STATUSES if status not in FINAL)
-# What a device may report in an ack (DESIGN section 6).
+# What a device may report in an ack (docs/design.md, "Commands").
 DEVICE_ACK_STATUSES = frozenset({"delivered", "acked", "failed"})
 
 _RANK = {"queued": 0, "sent": 1, "delivered": 2, "acked": 3, "failed": 3, "expired": 3}

@@ -14,7 +14,7 @@
 - anything else (``bluetooth``, a deleted device): the command fails with the reason.
 
 Devices must treat ``id`` as an idempotency key: after a crash the dispatcher may
-publish a command a second time (DESIGN section 9; at most once per crash).
+publish a command a second time (docs/design.md, "Guarantees"; at most once per crash).
 """
 
 from __future__ import annotations

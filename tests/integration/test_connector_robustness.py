@@ -1,4 +1,4 @@
-"""Connectors and HTTP ingest while their brokers go away (DESIGN section 9).
+"""Connectors and HTTP ingest while their brokers go away (docs/design.md, "Guarantees").
 
 These tests stop and restart shared local services. Run them alone:
 

@@ -1,4 +1,4 @@
-"""The device JSON body of DESIGN section 6: bytes in, the complete reading out."""
+"""The device JSON body (docs/design.md, "Device-facing interfaces"): bytes in, the complete reading out."""
 
 from __future__ import annotations
 

@@ -109,17 +109,23 @@ def tree_pids(pid: int) -> list[int]:
 
 
 def role_pids(worker: int) -> dict[str, int]:
-    """The role processes under the worker supervisor ``worker``, by role
-    (``webscada worker --role R`` in their command lines)."""
+    """The role processes under the worker supervisor ``worker``, by role: forked by it
+    and named after their role (``/proc/PID/comm``), or ``webscada worker --role R``."""
     roles: dict[str, int] = {}
     for pid in tree_pids(worker):
+        if pid == worker:
+            continue
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as raw:
                 argv = raw.read().decode(errors="replace").split("\0")
+            with open(f"/proc/{pid}/comm") as comm:
+                name = comm.read().strip()
         except (FileNotFoundError, ProcessLookupError):
             continue
         if "--role" in argv[:-1]:
             roles[argv[argv.index("--role") + 1]] = pid
+        elif "worker" in argv and not name.startswith("python"):
+            roles[name] = pid
     return roles
 
 

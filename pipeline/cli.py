@@ -135,10 +135,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="apply the SQL migrations not yet applied")
     p.set_defaults(func=_migrate)
 
-    p = sub.add_parser("worker", help="run the stream agents (validate and the sinks)")
+    p = sub.add_parser("worker", help="run the stream agents (validate, the sinks, alarms, commands)")
     p.add_argument("--role", default="all",
                    help="all (default: one process per role), validate, sink-redis, "
-                        "sink-influxdb, sink-postgres")
+                        "sink-influxdb, sink-postgres, alarms, dispatcher, or an extra agent's role")
     p.set_defaults(func=_worker)
 
     p = sub.add_parser("connect", help="run a protocol connector")

@@ -96,7 +96,8 @@ def run(settings: Settings, *, quick: bool = False, pipeline: Pipeline | None = 
         # Warm-up: a few readings through every role (rules are picked up within 2 s).
         time.sleep(2.5)
         base = pipeline.metrics.written()
-        warm, _ = _fill(settings, [f"{PREFIX}-warm-{d:02d}" for d in range(20)], 20)
+        # (named apart from the measured devices: the stores' check counts ``bench-drain-*``)
+        warm, _ = _fill(settings, [f"bench-warm-{d:02d}" for d in range(20)], 20)
         _produce(settings, warm)
         if not wait_for(lambda: all(v - base[s] >= 400 for s, v in pipeline.metrics.written().items()),
                         120, interval=0.5):

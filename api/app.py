@@ -33,6 +33,7 @@ from api.login import login_routes
 from api.metrics import metrics_endpoint
 from api.openapi import describe, openapi_route
 from api.passwords import Passwords
+from api.server import guarded_http_protocol
 from api.services import open_services
 from api.sockets import create_socketio
 from api.tokens import AccessTokens
@@ -91,10 +92,15 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_services(settings, fanout) as services, open_ingest(app, settings):
             app.state.services = services
-            app.state.users = UserStore(services.pool.connection, Passwords())
+            passwords = Passwords(workers=config.password_hash_workers,
+                                  max_waiting=config.password_hash_max_waiting)
+            app.state.users = UserStore(services.pool.connection, passwords)
             app.state.kafka_stats = KafkaStats(settings.kafka_bootstrap)
             log.info("API ready on http://%s:%d", settings.api_host, settings.api_port)
-            yield
+            try:
+                yield
+            finally:
+                passwords.close()
 
     routes: list[BaseRoute] = [
         Route("/", _dashboard, methods=["GET"]),
@@ -129,15 +135,19 @@ def main(settings: Settings) -> int:
 
     Returns 0 after a clean shutdown, 1 when the server could not start.
     """
+    api_config = load_api_config(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, api_config=api_config),
         host=settings.api_host,
         port=settings.api_port,
         log_level=settings.log_level.lower(),
         lifespan="on",
         loop="uvloop",  # cheaper callbacks and sockets than asyncio's own loop
+        # httptools with timeouts for slow headers and bodies (api.server)
+        http=guarded_http_protocol(api_config.http_header_timeout_s, api_config.http_body_timeout_s),
         ws="websockets-sansio",
         proxy_headers=False,
+        timeout_keep_alive=5,  # an idle keep-alive connection closes after 5 s
     )
     server = uvicorn.Server(config)
     try:

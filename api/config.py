@@ -17,6 +17,8 @@ from typing import Any
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from api.passwords import DEFAULT_HASH_WAITING, DEFAULT_HASH_WORKERS
+from api.ratelimit import LoginLimits
 from pipeline.settings import Settings
 
 __all__ = ["ApiConfig", "ApiEnv", "ConfigError", "load_api_config", "read_or_create_secret"]
@@ -41,10 +43,34 @@ class ApiEnv(BaseSettings):
     admin_password: SecretStr | None = None  # None: `make run` generates one
     # Comma-separated; empty: the API's own origin plus 127.0.0.1:8000 and localhost:8000.
     allowed_origins: str = ""
+    # Failed logins per window from one client address (all user names together).
     login_limit_per_address: int = Field(20, ge=1)
+    # Failed logins per window of one user from one address (the pair): a stranger's
+    # failures elsewhere never lock the user out where they log in from.
     login_limit_per_user: int = Field(5, ge=1)
     login_window_s: int = Field(300, ge=1)
+    # Failures of one user from all addresses together: past login_user_delay_after each
+    # attempt from an address not known for the user waits 1, 2, 4 ... s (at most
+    # login_user_max_delay_s); past login_user_ceiling such addresses are refused until the
+    # window ends. An address the user logged in from (kept login_known_address_ttl_s) is
+    # exempt from both.
+    login_user_delay_after: int = Field(10, ge=1)
+    login_user_max_delay_s: int = Field(60, ge=1)
+    login_user_ceiling: int = Field(100, ge=1)
+    login_known_address_ttl_s: int = Field(30 * 86400, ge=60)
+    # Password hashing (argon2, ~0.2 s and 64 MiB each) runs in a pool of its own threads.
+    password_hash_workers: int = Field(DEFAULT_HASH_WORKERS, ge=1, le=64)
+    password_hash_max_waiting: int = Field(DEFAULT_HASH_WAITING, ge=0)
     history_max_points: int = Field(10_000, ge=10)
+    # WebSockets (/ws/topics and Socket.IO together) one user may hold open in one process.
+    ws_max_per_user: int = Field(10, ge=1)
+    # /ws/topics?from=earliest starts at most this many records before the end of each
+    # partition (a record may be a batch of readings).
+    ws_replay_max_records: int = Field(1000, ge=0)
+    # uvicorn: a request's headers must arrive within http_header_timeout_s of its first
+    # byte (or of the connection), its body within http_body_timeout_s of the headers.
+    http_header_timeout_s: float = Field(10.0, gt=0)
+    http_body_timeout_s: float = Field(30.0, gt=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +86,28 @@ class ApiConfig:
     login_limit_per_user: int
     login_window_s: int
     history_max_points: int
+    login_user_delay_after: int = 10
+    login_user_max_delay_s: int = 60
+    login_user_ceiling: int = 100
+    login_known_address_ttl_s: int = 30 * 86400
+    password_hash_workers: int = DEFAULT_HASH_WORKERS
+    password_hash_max_waiting: int = DEFAULT_HASH_WAITING
+    ws_max_per_user: int = 10
+    ws_replay_max_records: int = 1000
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
+
+    @property
+    def login_limits(self) -> LoginLimits:
+        return LoginLimits(
+            per_address=self.login_limit_per_address,
+            per_user_address=self.login_limit_per_user,
+            user_ceiling=self.login_user_ceiling,
+            user_delay_after=self.login_user_delay_after,
+            user_max_delay_s=self.login_user_max_delay_s,
+            window_s=self.login_window_s,
+            known_address_ttl_s=self.login_known_address_ttl_s,
+        )
 
 
 def read_or_create_secret(path: Path, nbytes: int = 48) -> SecretStr:
@@ -117,4 +165,13 @@ def load_api_config(settings: Settings, env: ApiEnv | None = None) -> ApiConfig:
         login_limit_per_user=pick("login_limit_per_user"),
         login_window_s=pick("login_window_s"),
         history_max_points=pick("history_max_points"),
+        **{name: pick(name) for name in _LATER_FIELDS},
     )
+
+
+# ApiConfig fields with a default, added after the first release.
+_LATER_FIELDS = (
+    "login_user_delay_after", "login_user_max_delay_s", "login_user_ceiling",
+    "login_known_address_ttl_s", "password_hash_workers", "password_hash_max_waiting",
+    "ws_max_per_user", "ws_replay_max_records", "http_header_timeout_s", "http_body_timeout_s",
+)

@@ -1,12 +1,20 @@
 """``POST /api/auth/token`` (password login), ``POST /api/auth/refresh``, ``GET /api/auth/me``.
 
-Failed attempts are counted in Redis per client address and per user name; past
-the limit the answer is ``429`` with ``Retry-After`` until the window ends. A
-successful login clears the user's counter.
+Attempts are counted and decided in Redis in one step before the password is
+checked (:func:`api.ratelimit.login_attempt`): per client address, per (user,
+address) pair, and per user over all addresses (exponential delay, then a
+ceiling, both waived for addresses the user has logged in from). Past a limit
+the answer is ``429`` with ``Retry-After``. A successful login refunds its
+attempt and clears the pair's counter. The password is checked in the hashing
+pool off the event loop; when that pool is full the answer is ``503``.
+
+Bodies (JSON or a form, at most :data:`MAX_BODY_BYTES`) are counted as they stream
+in, so a client cannot make the API hold a large body of a route anyone may call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -15,15 +23,16 @@ from urllib.parse import parse_qsl
 import psycopg
 import redis.exceptions
 from psycopg_pool import PoolTimeout
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api import ratelimit
 from api.auth import principal_of, requires_auth
 from api.config import ApiConfig
-from api.errors import InvalidField, ServiceUnavailable, TooManyRequests, Unauthorized
+from api.errors import ApiError, BadRequest, InvalidField, ServiceUnavailable, TooManyRequests, Unauthorized
 from api.openapi import describe
+from api.passwords import HashingBusy
 from api.services import services_of
 from api.tokens import AccessTokens
 from api.users import User, UserStore
@@ -42,14 +51,41 @@ _TOKEN = {
         "expires_in": {"type": "integer"}, "refresh_token": {"type": "string"},
     },
 }
-_LOGIN_ERRORS = (401, 422, 429, 503)
+_LOGIN_ERRORS = (400, 401, 413, 422, 429, 503)
+_REFUSALS = {
+    "address": "too many failed attempts from this address",
+    "user-address": "too many failed attempts for this user from this address",
+    "user": "too many failed attempts for this user",
+    "user-delay": "failed attempts for this user are being slowed down",
+}
+
+
+class BodyTooLarge(ApiError):
+    status_code = 413
+
+
+async def bounded_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, refused with 413 as soon as more than ``limit`` bytes are declared or
+    have arrived (a client may send more than it declares)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge("body too large", f"{declared} bytes declared; at most {limit} are accepted")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge("body too large", f"{size}+ bytes; at most {limit} are accepted")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise BadRequest("client disconnected before the body was complete") from None
+    return b"".join(chunks)
 
 
 async def _credentials(request: Request, fields: tuple[str, ...]) -> dict[str, str]:
     """The named string fields of a JSON or form-encoded body."""
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise InvalidField("body", f"{len(body)} bytes", f"at most {MAX_BODY_BYTES} bytes")
+    body = await bounded_body(request)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     data: Any
     if kind == "application/x-www-form-urlencoded":
@@ -76,21 +112,9 @@ def _address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def _check_limits(request: Request, keys: list[tuple[str, int]]) -> None:
-    client = services_of(request).redis
-    for key, limit in keys:
-        result = await ratelimit.peek(client, key, limit=limit)
-        if not result.allowed:
-            raise TooManyRequests(
-                "too many failed attempts", result.retry_after_s,
-                f"try again in {result.retry_after_s} s",
-            )
-
-
-async def _count_failure(request: Request, keys: list[tuple[str, int]], window_s: int) -> None:
-    client = services_of(request).redis
-    for key, limit in keys:
-        await ratelimit.hit(client, key, limit=limit, window_s=window_s)
+def _refused(verdict: ratelimit.Verdict) -> TooManyRequests:
+    reason = _REFUSALS.get(verdict.refused_by or "", "too many failed attempts")
+    return TooManyRequests(reason, verdict.retry_after_s, f"try again in {verdict.retry_after_s} s")
 
 
 async def _token_answer(request: Request, user: User, refresh_token: str) -> Response:
@@ -128,18 +152,24 @@ async def issue_token(request: Request) -> Response:
     given = await _credentials(request, ("username", "password"))
     config: ApiConfig = request.app.state.api_config
     users: UserStore = request.app.state.users
-    keys = [
-        (f"login:addr:{_address(request)}", config.login_limit_per_address),
-        (f"login:user:{given['username'][:64]}", config.login_limit_per_user),
-    ]
+    redis = services_of(request).redis
+    name, address, limits = given["username"][:64], _address(request), config.login_limits
     try:
-        await _check_limits(request, keys)
-        user = await users.check_password(given["username"], given["password"])
+        verdict = await ratelimit.login_attempt(redis, name, address, limits)
+        if not verdict.allowed:
+            raise _refused(verdict)
+        try:
+            user = await users.check_password(given["username"], given["password"])
+        except BaseException:  # not evaluated (a store, the pool, the client gone): refund it
+            await asyncio.shield(ratelimit.login_not_evaluated(redis, name, address))
+            raise
         if user is None:
-            await _count_failure(request, keys, config.login_window_s)
             raise Unauthorized("invalid credentials", "wrong user name or password")
-        await ratelimit.reset(services_of(request).redis, keys[1][0])
+        await ratelimit.login_succeeded(redis, name, address, limits)
         refresh = await users.issue_refresh(user, config.refresh_token_ttl_s)
+    except HashingBusy as exc:
+        raise ServiceUnavailable("busy", "too many logins are being checked; try again shortly") \
+            from exc
     except _STORE_ERRORS as exc:
         raise _guarded_by_services("POST", "/api/auth/token", exc) from exc
     return await _token_answer(request, user, refresh)
@@ -155,13 +185,21 @@ async def refresh_token(request: Request) -> Response:
     given = await _credentials(request, ("refresh_token",))
     config: ApiConfig = request.app.state.api_config
     users: UserStore = request.app.state.users
-    keys = [(f"refresh:addr:{_address(request)}", config.login_limit_per_address)]
+    redis = services_of(request).redis
+    key = f"refresh:addr:{_address(request)}"
     try:
-        await _check_limits(request, keys)
-        rotated = await users.rotate_refresh(given["refresh_token"], config.refresh_token_ttl_s)
+        verdict = await ratelimit.attempt(redis, [(key, config.login_limit_per_address)],
+                                          window_s=config.login_window_s)
+        if not verdict.allowed:
+            raise _refused(verdict)
+        try:
+            rotated = await users.rotate_refresh(given["refresh_token"], config.refresh_token_ttl_s)
+        except BaseException:
+            await asyncio.shield(ratelimit.refund(redis, [key]))
+            raise
         if rotated is None:
-            await _count_failure(request, keys, config.login_window_s)
             raise Unauthorized("invalid refresh token", "log in again")
+        await ratelimit.refund(redis, [key])
     except _STORE_ERRORS as exc:
         raise _guarded_by_services("POST", "/api/auth/refresh", exc) from exc
     user, successor = rotated

@@ -67,7 +67,7 @@ class UserStore:
         _check_name(username)
         if role not in ROLES:
             raise UserError(f"role {role!r} is not one of {', '.join(ROLES)}")
-        digest = self.passwords.hash(password)
+        digest = await self.passwords.hash_async(password)
         async with self._connect() as conn:
             try:
                 cur = await conn.execute(
@@ -116,7 +116,7 @@ class UserStore:
 
     async def set_password(self, username: str, password: str) -> None:
         """Change the password and revoke every refresh token of the user."""
-        digest = self.passwords.hash(password)
+        digest = await self.passwords.hash_async(password)
         async with self._connect() as conn, conn.transaction():
             cur = await conn.execute(
                 "UPDATE users SET password_hash = %s, password_changed_at = now()"
@@ -148,17 +148,21 @@ class UserStore:
                 raise UserError(f"no user {username!r}")
 
     async def check_password(self, username: str, password: str) -> User | None:
-        """The user when the password is right and the account enabled; None otherwise."""
+        """The user when the password is right and the account enabled; None otherwise.
+
+        The hash is checked in the password pool, off the event loop; raises
+        :class:`api.passwords.HashingBusy` when that pool is full.
+        """
         found = await self._find(username) if USERNAME_PATTERN.fullmatch(username) else None
         user, digest = found if found else (None, None)
-        if not self.passwords.verify(digest, password) or user is None or user.disabled:
+        if not await self.passwords.verify_async(digest, password) or user is None or user.disabled:
             return None
         assert digest is not None
         if self.passwords.needs_rehash(digest):
+            rehashed = await self.passwords.hash_async(password)
             async with self._connect() as conn:
                 await conn.execute(
-                    "UPDATE users SET password_hash = %s WHERE id = %s",
-                    (self.passwords.hash(password), user.id),
+                    "UPDATE users SET password_hash = %s WHERE id = %s", (rehashed, user.id)
                 )
         return user
 

@@ -18,6 +18,7 @@ import uvicorn
 from api.app import create_app
 from api.config import load_api_config
 from api.passwords import Passwords
+from api.server import guarded_http_protocol
 from pipeline.settings import Settings
 from tests.conftest import unique_id
 
@@ -93,6 +94,7 @@ def api_server(stack: Settings) -> Iterator[ApiServer]:
         port=port,
         log_level="warning",
         lifespan="on",
+        http=guarded_http_protocol(api_config.http_header_timeout_s, api_config.http_body_timeout_s),
         ws="websockets-sansio",
     )
     server = uvicorn.Server(config)

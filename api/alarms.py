@@ -1,7 +1,10 @@
 """Alarm routes: rules (``/api/alarm-rules``) and alarms (``/api/alarms``, ack, clear, shelve).
 
 Reading needs any authenticated user; acknowledging, clearing and shelving need
-``operator``; changing rules needs ``admin``. Every operator action is a
+``operator``; changing rules needs ``admin``. A non-admin sees the rules of its
+applications (a rule of an application granted to it, or of a device in one) and
+the rules of every device, with their notification targets masked
+(:mod:`api.masking`); any other rule answers 404 as if it did not exist. Every operator action is a
 conditional transition in PostgreSQL (409 when the alarm is not in a state that
 allows it) and publishes its ``AlarmEvent`` on topic ``alarms``; should Kafka
 not acknowledge in time, the event stays in the outbox and the alarm engine
@@ -16,13 +19,16 @@ import uuid
 from datetime import datetime
 from typing import Any, cast
 
+import psycopg
+from psycopg_pool import PoolTimeout
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.access import require_device
-from api.auth import principal_of, requires_auth
+from api.auth import Principal, principal_of, requires_auth
 from api.errors import ApiError, InvalidField, NotFound, ServiceUnavailable
+from api.masking import mask_rule_json
 from api.services import services_of
 from pipeline.alarms.catalog import AlarmFilter, RuleCatalog
 from pipeline.alarms.engine import condition_normal
@@ -114,11 +120,47 @@ async def _publish(request: Request, catalog: RuleCatalog, events: list[StoredEv
 
 
 # --- rules ----------------------------------------------------------------------------------
+async def _visible_rules(request: Request, rules: list[AlarmRule]) -> list[AlarmRule]:
+    """The rules the caller may read: admins all; others the rules of a granted
+    application, of a device in one, and the rules of every device."""
+    principal = principal_of(request)
+    if principal.is_admin:
+        return rules
+    devices = sorted({rule.device_id for rule in rules if rule.device_id is not None})
+    visible_devices: set[str] = set()
+    if devices and principal.applications:
+        try:
+            async with services_of(request).pool.connection(timeout=5.0) as conn:
+                cur = await conn.execute(
+                    "SELECT id FROM devices WHERE id = ANY(%s) AND application_id = ANY(%s)",
+                    (devices, sorted(principal.applications)),
+                )
+                visible_devices = {row[0] for row in await cur.fetchall()}
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise ServiceUnavailable("PostgreSQL unavailable", str(exc)) from exc
+    return [rule for rule in rules if _rule_visible(principal, rule, visible_devices)]
+
+
+def _rule_visible(principal: Principal, rule: AlarmRule, visible_devices: set[str]) -> bool:
+    if rule.device_id is not None:
+        return rule.device_id in visible_devices
+    if rule.application_id is not None:
+        return principal.may_see(rule.application_id)
+    return True  # a rule of every device judges the caller's devices too
+
+
+def _rule_json(principal: Principal, rule: AlarmRule) -> dict[str, Any]:
+    shown = rule.to_json()
+    return shown if principal.is_admin else mask_rule_json(shown)
+
+
 @requires_auth
 async def list_rules(request: Request) -> Response:
-    """Every alarm rule (deleted ones excepted)."""
-    rules = await _guarded(_catalog(request).all())
-    return JSONResponse([rule.to_json() for rule in rules])
+    """The alarm rules the caller may see (deleted ones excepted); notification targets are
+    masked for non-admins."""
+    rules = await _visible_rules(request, await _guarded(_catalog(request).all()))
+    principal = principal_of(request)
+    return JSONResponse([_rule_json(principal, rule) for rule in rules])
 
 
 @requires_auth(role="admin")
@@ -133,17 +175,18 @@ async def create_rule(request: Request) -> Response:
 
 
 async def _rule(request: Request) -> AlarmRule:
+    """The rule, or 404 when it does not exist or the caller may not see it."""
     rule_id = _uuid(request, "rule_id", "alarm rule")
     rule = await _guarded(_catalog(request).get(rule_id))
-    if rule is None:
+    if rule is None or not await _visible_rules(request, [rule]):
         raise NotFound("no such alarm rule", rule_id)
     return cast(AlarmRule, rule)
 
 
 @requires_auth
 async def get_rule(request: Request) -> Response:
-    """One alarm rule."""
-    return JSONResponse((await _rule(request)).to_json())
+    """One alarm rule (notification targets masked for non-admins)."""
+    return JSONResponse(_rule_json(principal_of(request), await _rule(request)))
 
 
 @requires_auth(role="admin")

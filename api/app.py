@@ -21,6 +21,7 @@ from api.alarms import alarm_routes
 from api.auth import Authenticator, JwtAuthenticator
 from api.commands import command_routes
 from api.config import ApiConfig, load_api_config
+from api.connlimit import ConnectionLimiter
 from api.device_registry import device_registry_routes
 from api.device_ws import device_socket_route
 from api.devices import device_routes
@@ -82,10 +83,12 @@ def create_app(
         ttl_s=config.access_token_ttl_s,
     )
     auth = authenticator or JwtAuthenticator(tokens)
+    ws_limiter = ConnectionLimiter(config.ws_max_per_user)
     sio, fanout = create_socketio(
         auth,
         services=lambda: getattr(app.state, "services", None),
         allowed_origins=config.allowed_origins,
+        connection_limiter=ws_limiter,
     )
 
     @contextlib.asynccontextmanager
@@ -126,6 +129,7 @@ def create_app(
     app.state.authenticator = auth
     app.state.api_config = config
     app.state.tokens = tokens
+    app.state.ws_limiter = ws_limiter
     app.state.sio = sio
     return cast(ASGIApp, socketio.ASGIApp(sio, other_asgi_app=app, socketio_path="socket.io"))
 

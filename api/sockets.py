@@ -8,7 +8,9 @@ Events sent to clients (by :class:`api.streaming.TopicTail` through
 A subscription is checked on the server: an application room needs that
 application granted (admins: all), a device room needs the device to be visible,
 ``alarms`` and ``system`` span every application and are for admins. A connection ends when
-its access token expires (the client reconnects with a fresh one). A refused
+its access token expires (the client reconnects with a fresh one). One user holds
+at most ``ws_max_per_user`` connections (with its ``/ws/topics`` ones) per process;
+beyond, the connection is refused with ``too many connections``. A refused
 subscription joins nothing. A new subscription first gets a snapshot: one
 ``telemetry`` event per device with its latest values from Redis, marked
 ``"snapshot": true``. Browsers may connect only from the configured origins.
@@ -27,6 +29,7 @@ import socketio
 
 from api.access import may_join
 from api.auth import Authenticator, Principal, bearer_token
+from api.connlimit import ConnectionLimiter
 from api.errors import ServiceUnavailable
 from api.fanout import Fanout
 from api.metrics import SOCKETIO_CLIENTS
@@ -51,6 +54,7 @@ def create_socketio(
     *,
     services: Callable[[], Services | None] = lambda: None,
     allowed_origins: Iterable[str] | None = None,
+    connection_limiter: ConnectionLimiter | None = None,
 ) -> tuple[socketio.AsyncServer, Fanout]:
     """A Socket.IO server (ASGI mode) whose clients must present a valid token, and the
     fan-out the live tail emits to. ``services`` gives the running app's services."""
@@ -74,6 +78,11 @@ def create_socketio(
             raise socketio.exceptions.ConnectionRefusedError(
                 {"message": "unauthorized", "detail": 'connect with auth={"token": "<token>"}'}
             )
+        if connection_limiter is not None and not connection_limiter.acquire(who.subject):
+            raise socketio.exceptions.ConnectionRefusedError(
+                {"message": "too many connections",
+                 "detail": f"at most {connection_limiter.per_user} connections per user"}
+            )
         await sio.save_session(sid, {"principal": who})
         fanout.add_client(sid)
         SOCKETIO_CLIENTS.inc()
@@ -90,6 +99,9 @@ def create_socketio(
         timer = expiry.pop(sid, None)
         if timer is not None:
             timer.cancel()
+        who = await principal(sid)
+        if connection_limiter is not None and who is not None:
+            connection_limiter.release(who.subject)
         await fanout.remove_client(sid)
         SOCKETIO_CLIENTS.dec()
 

@@ -7,12 +7,20 @@ amount of memory and simply misses records (counted in ``/metrics``).
 
 Admins get every record; other users only records whose value names an
 application granted to them (``application_id``), so a topic whose records carry
-none shows them nothing.
+none shows them nothing. A user with no application granted (and not admin) can
+be shown nothing: its connection stays open but no consumer is created and
+nothing is read or decoded for it.
+
+``from=earliest`` replays at most ``ws_replay_max_records`` records (settings)
+before the end of each partition, not the whole retention. One user holds at most
+``ws_max_per_user`` connections (with its Socket.IO connections) per process. A
+connection ends when its access token expires (4401); the client reconnects
+with a fresh one.
 
 A handshake from a browser page of another origin (``Origin`` not in the
-configured list) is refused with HTTP 403. Close codes: 4401 bad or missing
-token, 4404 unknown topic, 4400 bad ``from``, 1013 Kafka unreachable, 1011
-reading Kafka failed mid-stream.
+configured list) is refused with HTTP 403. Close codes: 4401 bad, missing or
+expired token, 4404 unknown topic, 4400 bad ``from``, 4429 too many connections
+of this user, 1013 Kafka unreachable, 1011 reading Kafka failed mid-stream.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from typing import Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
@@ -30,6 +39,8 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from api.access import origin_allowed
 from api.auth import Principal, authenticator_of, websocket_token
+from api.config import ApiConfig
+from api.connlimit import ConnectionLimiter
 from api.metrics import WS_CLIENTS, WS_DROPPED, WS_FRAMES
 from api.payloads import dumps, record_views, topic_frame
 from pipeline.settings import Settings, Topics
@@ -138,15 +149,26 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
             await websocket.close(code, _reason(reason))
 
 
+async def _expire(expires_at: float | None) -> None:
+    """Returns when the connection's token expires (never when it has no expiry)."""
+    if expires_at is None:
+        await asyncio.Event().wait()
+    else:
+        await asyncio.sleep(max(0.0, expires_at - time.time()))
+
+
 async def _stream(
-    websocket: WebSocket, consumer: AIOKafkaConsumer, topic: str, size: int, principal: Principal
+    websocket: WebSocket, consumer: AIOKafkaConsumer | None, topic: str, size: int,
+    principal: Principal, expires_at: float | None,
 ) -> None:
+    """Until the client leaves, the token expires or Kafka fails. Without a consumer
+    (a user who can see nothing) nothing is read."""
     queue: DropOldestQueue[str] = DropOldestQueue(size)
-    tasks = [
-        asyncio.create_task(_pump(consumer, topic, queue, principal)),
-        asyncio.create_task(_send(websocket, topic, queue)),
-        asyncio.create_task(_watch(websocket)),
-    ]
+    pump = (asyncio.create_task(_pump(consumer, topic, queue, principal)) if consumer is not None
+            else asyncio.create_task(asyncio.Event().wait()))
+    expiry = asyncio.create_task(_expire(expires_at))
+    tasks = [pump, asyncio.create_task(_send(websocket, topic, queue)),
+             asyncio.create_task(_watch(websocket)), expiry]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -159,8 +181,24 @@ async def _stream(
     if isinstance(pump_error, Exception):  # the pump only ends by failing (or being cancelled)
         log.warning("ws tail %s: reading Kafka failed: %r", topic, pump_error)
         await _close(websocket, 1011, f"Kafka error: {type(pump_error).__name__}")
+    elif expiry.done() and not expiry.cancelled():
+        await _close(websocket, 4401, "token expired: reconnect with a fresh one")
     else:
         await _close(websocket, 1000, "")
+
+
+async def _start_at(consumer: AIOKafkaConsumer, start: str, max_records: int) -> None:
+    """For ``earliest``: each partition from at most ``max_records`` before its end."""
+    if start != "earliest":
+        return  # the consumer's auto_offset_reset is latest
+    # aiokafka assigns the partitions once metadata arrives, and offers nothing to wait on
+    while not consumer.assignment():  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    partitions = sorted(consumer.assignment())
+    begins = await consumer.beginning_offsets(partitions)
+    ends = await consumer.end_offsets(partitions)
+    for partition in partitions:
+        consumer.seek(partition, max(begins[partition], ends[partition] - max_records))
 
 
 def topic_stream_route(
@@ -186,20 +224,40 @@ def topic_stream_route(
         if start not in FROM_POSITIONS:
             await _close(websocket, 4400, f"from must be latest or earliest, not {start!r}")
             return
+        limiter: ConnectionLimiter = websocket.app.state.ws_limiter
+        if not limiter.acquire(principal.subject):
+            await _close(websocket, 4429, f"at most {limiter.per_user} connections per user")
+            return
+        try:
+            await _serve(websocket, topic, start, principal)
+        finally:
+            limiter.release(principal.subject)
+
+    async def _serve(websocket: WebSocket, topic: str, start: str, principal: Principal) -> None:
         settings: Settings = websocket.app.state.settings
+        config: ApiConfig = websocket.app.state.api_config
+        expires = getattr(authenticator_of(websocket), "expires_at", None)
+        expires_at = expires(websocket_token(websocket) or "") if expires is not None else None
+        WS_CLIENTS.labels(topic).inc()
+        if not principal.is_admin and not principal.applications:
+            try:  # nothing it may see: no consumer, nothing read or decoded
+                await _stream(websocket, None, topic, 1, principal, expires_at)
+            finally:
+                WS_CLIENTS.labels(topic).dec()
+            return
         consumer = AIOKafkaConsumer(
             topic,
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=None,
             enable_auto_commit=False,
-            auto_offset_reset=start,
+            auto_offset_reset="latest",
             client_id="webscada-api-ws",
         )
-        WS_CLIENTS.labels(topic).inc()
         try:
             async with asyncio.timeout(_START_TIMEOUT_S):
                 await consumer.start()
-            await _stream(websocket, consumer, topic, queue_size, principal)
+                await _start_at(consumer, start, config.ws_replay_max_records)
+            await _stream(websocket, consumer, topic, queue_size, principal, expires_at)
         except (KafkaError, TimeoutError) as exc:
             log.warning("ws tail %s: cannot reach Kafka: %s", topic, exc)
             await _close(websocket, 1013, "Kafka unavailable, try again later")

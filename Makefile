@@ -5,16 +5,17 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
 .PHONY: venv stack stack-down browser lint test test-unit test-integration test-e2e run stop bench clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# pyproject.toml says which versions the project accepts, constraints.txt which it installs
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev]" -c constraints.txt
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -44,7 +44,7 @@ from prometheus_client import Counter as PromCounter
 from connectors._signals import on_stop_signals
 from connectors.codecs import BTHOME_UUID, RUUVI_COMPANY_ID, Decoded, decode_bthome, decode_ruuvi
 from connectors.errors import BluetoothConfigError, PayloadError, ProduceError
-from connectors.metrics import MESSAGES_RECEIVED, MESSAGES_REJECTED
+from connectors.metrics import MESSAGES_RECEIVED, MESSAGES_REJECTED, serve_metrics
 from connectors.payload import dead_letter_for_error, derive_message_id
 from connectors.producer import Delivery, RecordProducer
 from pipeline.settings import Settings
@@ -335,10 +335,11 @@ def _text(value: float | str) -> str:
     return str(value)
 
 
-def main(settings: Settings, *, config_path: Path) -> int:
+def main(settings: Settings, *, config_path: Path, metrics_port: int | None = None) -> int:
     """``webscada connect bluetooth --config PATH``: scan until SIGINT/SIGTERM.
 
     0 on a clean stop, 1 when scanning or Kafka failed, 2 for a bad device file.
+    ``metrics_port`` serves the Prometheus counters on ``settings.metrics_host``.
     """
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -349,6 +350,8 @@ def main(settings: Settings, *, config_path: Path) -> int:
     except BluetoothConfigError as exc:
         logger.error("%s: %s", STAGE, exc)
         return 2
+    if metrics_port:
+        serve_metrics(settings.metrics_host, metrics_port)
     producer = RecordProducer.from_settings(settings, connector=PROTOCOL)
     connector = BluetoothConnector(producer=producer, devices=devices)
     with producer, on_stop_signals(connector.request_stop):

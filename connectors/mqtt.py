@@ -561,10 +561,11 @@ def forget_session(host: str, port: int, client_id: str) -> None:
     client.disconnect()
 
 
-def main(settings: Settings, *, client_id: str | None = None, retire: bool = False) -> int:
+def main(settings: Settings, *, client_id: str | None = None, retire: bool = False,
+         metrics_port: int | None = None) -> int:
     """``webscada connect mqtt``: the MQTT connector for ``devices/+/telemetry`` (a plain
     persistent subscription), or, with ``mqtt_connectors`` above one, one of the processes
     sharing ``$share/{mqtt_share_group or "webscada"}/devices/+/telemetry``."""
     group = settings.mqtt_share_group or ("webscada" if settings.mqtt_connectors > 1 else None)
     return run(settings, client_id=client_id, shared_group=group,
-               retire=retire)
+               retire=retire, metrics_port=metrics_port)

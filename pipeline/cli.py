@@ -42,7 +42,8 @@ def _connect(args: argparse.Namespace) -> int:
     if args.protocol == "mqtt":
         from connectors.mqtt import main as mqtt_main
 
-        return mqtt_main(get_settings(), client_id=args.client_id, retire=args.retire)
+        return mqtt_main(get_settings(), client_id=args.client_id, retire=args.retire,
+                         metrics_port=args.metrics_port)
     if args.protocol == "gsm":
         from connectors.gsm import main as gsm_main
 
@@ -60,7 +61,8 @@ def _connect(args: argparse.Namespace) -> int:
         config = args.config or get_settings().ble_devices_path
         if not config:
             raise SystemExit("connect bluetooth needs --config PATH or WEBSCADA_BLE_DEVICES_PATH")
-        return bluetooth_main(get_settings(), config_path=Path(config))
+        return bluetooth_main(get_settings(), config_path=Path(config),
+                              metrics_port=args.metrics_port)
     raise SystemExit(f"unknown connector {args.protocol!r}")
 
 
@@ -123,7 +125,10 @@ def _dlq(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from pipeline import __version__
+
     parser = argparse.ArgumentParser(prog="webscada", description="WebSCADA Stream")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-level", default=None, help="debug|info|warning (default: settings)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -144,7 +149,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("connect", help="run a protocol connector")
     p.add_argument("protocol", choices=["mqtt", "gsm", "lorawan", "bluetooth"])
     p.add_argument("--client-id", help="mqtt, gsm, lorawan: MQTT client id (its persistent session)")
-    p.add_argument("--metrics-port", type=int, help="gsm, lorawan: serve Prometheus metrics here")
+    p.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus metrics on this port of WEBSCADA_METRICS_HOST (127.0.0.1)")
     p.add_argument("--retire", action="store_true",
                    help="mqtt: take what the broker kept for this client id, then end its session")
     p.add_argument("--config", help="bluetooth: TOML or JSON file mapping addresses to device ids")

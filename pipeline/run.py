@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.settings import ROOT, Settings
 
-__all__ = ["main", "stop"]
+__all__ = ["connector_metrics_ports", "main", "stop"]
 
 # Every protocol the simulator speaks (HTTP and WebSocket devices send through the API).
 _SIMULATED = "mqtt,gsm,lorawan,http,websocket"
@@ -47,7 +47,7 @@ def main(settings: Settings, *, devices: int = 5, simulate: bool = True) -> int:
 
     started = time.monotonic()
     if stack.up(settings) != 0:
-        print("the local stack did not come up; see .stack/logs/", file=sys.stderr)
+        print(f"the local stack did not come up; see {settings.stack_dir / 'logs'}/", file=sys.stderr)
         return 1
     from api.usercli import ensure_admin
 
@@ -61,8 +61,8 @@ def main(settings: Settings, *, devices: int = 5, simulate: bool = True) -> int:
     while not _api_healthy(settings) and time.monotonic() < deadline:
         for name, child in children.items():
             if child.poll() is not None:
-                print(f"{name} exited early ({child.returncode}); see .stack/logs/{name}.log",
-                      file=sys.stderr)
+                print(f"{name} exited early ({child.returncode}); "
+                      f"see {settings.stack_dir / 'logs' / name}.log", file=sys.stderr)
                 _terminate(children)
                 return 1
         time.sleep(0.5)
@@ -70,7 +70,8 @@ def main(settings: Settings, *, devices: int = 5, simulate: bool = True) -> int:
     print(f"\nWebSCADA Stream is up in {took:.0f} s. Dashboard: "
           f"http://{settings.api_host}:{settings.api_port}/")
     print(login_hint)
-    print("Logs in .stack/logs/. Ctrl-C (or `make stop` elsewhere) stops everything.", flush=True)
+    print(f"Logs in {settings.stack_dir / 'logs'}/. Ctrl-C (or `webscada stop` elsewhere) "
+          "stops everything.", flush=True)
 
     stopping = False
 
@@ -97,21 +98,41 @@ def main(settings: Settings, *, devices: int = 5, simulate: bool = True) -> int:
 def _commands(settings: Settings, *, devices: int, simulate: bool) -> dict[str, tuple[str, ...]]:
     """The processes of a run, by name: what each is started (and restarted) with."""
     commands: dict[str, tuple[str, ...]] = {"worker": ("worker",)}
+    ports = connector_metrics_ports(settings)
+
+    def metrics(name: str) -> tuple[str, ...]:
+        return ("--metrics-port", str(ports[name])) if name in ports else ()
+
     # MQTT connectors share the devices' messages (settings.mqtt_share_group); each has a
     # client id, and so a broker session, of its own, the same on every run: a restarted
     # connector gets the messages the broker kept for it.
     for index in range(settings.mqtt_connectors):
         if index == 0:
-            commands["connector-mqtt"] = ("connect", "mqtt")
+            commands["connector-mqtt"] = ("connect", "mqtt", *metrics("connector-mqtt"))
         else:
-            commands[f"connector-mqtt-{index}"] = (
-                "connect", "mqtt", "--client-id", f"{settings.mqtt_client_id}-{index}")
-    commands["connector-gsm"] = ("connect", "gsm")
-    commands["connector-lorawan"] = ("connect", "lorawan")
+            name = f"connector-mqtt-{index}"
+            commands[name] = ("connect", "mqtt", "--client-id", f"{settings.mqtt_client_id}-{index}",
+                              *metrics(name))
+    commands["connector-gsm"] = ("connect", "gsm", *metrics("connector-gsm"))
+    commands["connector-lorawan"] = ("connect", "lorawan", *metrics("connector-lorawan"))
     commands["api"] = ("api",)
     if simulate:
         commands["simulator"] = ("simulate", "--devices", str(devices), "--protocols", _SIMULATED)
     return commands
+
+
+def connector_metrics_ports(settings: Settings) -> dict[str, int]:
+    """The Prometheus port of each connector `webscada run` starts, by process name (none
+    when ``connector_metrics_port_base`` is 0). Fixed, so that a scrape configuration
+    (infra/prometheus/prometheus.yml) can list them: the first MQTT connector, gsm and
+    lorawan on base, +1, +2; further MQTT connectors after them."""
+    base = settings.connector_metrics_port_base
+    if not base:
+        return {}
+    ports = {"connector-mqtt": base, "connector-gsm": base + 1, "connector-lorawan": base + 2}
+    for index in range(1, settings.mqtt_connectors):
+        ports[f"connector-mqtt-{index}"] = base + 2 + index
+    return ports
 
 
 def _retire_mqtt_connectors(settings: Settings) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 
@@ -11,6 +12,20 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = ["TOPICS", "Settings", "Topics", "get_settings"]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_stack_dir() -> Path:
+    """Where the local stack keeps its state: ``.stack/`` of a checkout (ROOT holds the
+    project's pyproject.toml), else, installed from a wheel, the user's data folder
+    (``$XDG_DATA_HOME/webscada``, by default ``~/.local/share/webscada``)."""
+    try:
+        checkout = 'name = "webscada-stream"' in (ROOT / "pyproject.toml").read_text()
+    except OSError:
+        checkout = False
+    if checkout:
+        return ROOT / ".stack"
+    data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data) / "webscada"
 
 
 class Topics:
@@ -128,9 +143,12 @@ class Settings(BaseSettings):
     # Prometheus /metrics of worker roles: role i listens on metrics_port_base + i (0: off)
     metrics_host: str = "127.0.0.1"
     metrics_port_base: int = Field(9300, ge=0)
+    # ... and of the connectors `webscada run` starts (0: off): the first MQTT connector on
+    # connector_metrics_port_base, gsm on +1, lorawan on +2, MQTT connector i >= 1 on +2+i
+    connector_metrics_port_base: int = Field(9400, ge=0)
 
-    # Local stack
-    stack_dir: Path = ROOT / ".stack"
+    # Local stack: services' data, logs, run state (WEBSCADA_STACK_DIR)
+    stack_dir: Path = Field(default_factory=_default_stack_dir)
     cache_dir: Path = Path.home() / ".cache" / "webscada"
     log_level: str = "info"
 

@@ -26,40 +26,41 @@ __all__ = ["RedisLatestSink", "folded"]
 
 # One call per group of devices. KEYS: per device its latest hash and its times hash;
 # ARGV[1]: the TTL; ARGV[2]: JSON, per device (in KEYS order) what the batch holds for it,
-# folded: [newest time, [field, value, time, ...], [metric, value, time, ...]], each
-# field (protocol, status, metadata ...) and each metric with the newest value the batch
-# has of it and that reading's time. A field is taken when its time is not older than
-# the hash's ``ts``; a metric when its time is not older than that metric's own time in
-# the times hash; ``ts`` moves to the newest time when that is not older. This is what
-# writing the device's readings one by one, oldest first, would leave. ISO-8601 strings
-# of fixed width (the validate agent keeps every time between 1970 and 9999) compare as
-# the times they name. Folding in Python leaves Redis one small entry per device and
-# write, however many readings the batch had of it.
+# folded: [newest time, its ISO text, [field, value, time, ...], [metric, value, time, ...]],
+# each field (protocol, status, metadata ...) and each metric with the newest value the
+# batch has of it and that reading's time. Times are µs since 1970 as decimal strings
+# (a Lua number would be written back rounded), compared as numbers. A field is taken
+# when its time is not older than the hash's ``_ts_us``; a metric when its time is not
+# older than that metric's own time in the times hash; ``ts``/``_ts_us`` move to the
+# newest time when that is not older. This is what writing the device's readings one by
+# one, oldest first, would leave. Folding in Python leaves Redis one small entry per
+# device and write, however many readings the batch had of it.
 _WRITE_IF_NEWER = """
 local ttl = tonumber(ARGV[1])
 local data = cjson.decode(ARGV[2])
 local wrote = 0
 for k = 1, #data do
   local key, times_key = KEYS[2 * k - 1], KEYS[2 * k]
-  local newest, envelope, metrics = data[k][1], data[k][2], data[k][3]
-  local current = redis.call('HGET', key, 'ts')
+  local newest, newest_text, envelope, metrics = data[k][1], data[k][2], data[k][3], data[k][4]
+  local current = tonumber(redis.call('HGET', key, '_ts_us'))
   local hset, tset = {}, {}
-  if not current or newest >= current then
-    hset[#hset + 1] = 'ts'; hset[#hset + 1] = newest
+  if not current or tonumber(newest) >= current then
+    hset[#hset + 1] = 'ts'; hset[#hset + 1] = newest_text
+    hset[#hset + 1] = '_ts_us'; hset[#hset + 1] = newest
   end
   for i = 1, #envelope, 3 do
-    if not current or envelope[i + 2] >= current then
+    if not current or tonumber(envelope[i + 2]) >= current then
       hset[#hset + 1] = envelope[i]; hset[#hset + 1] = envelope[i + 1]
     end
   end
   if #metrics > 0 then
     local known = {}
     local flat = redis.call('HGETALL', times_key)
-    for i = 1, #flat, 2 do known[flat[i]] = flat[i + 1] end
+    for i = 1, #flat, 2 do known[flat[i]] = tonumber(flat[i + 1]) end
     for i = 1, #metrics, 3 do
       local name, at = metrics[i], metrics[i + 2]
       local seen = known[name]
-      if not seen or at >= seen then
+      if not seen or tonumber(at) >= seen then
         hset[#hset + 1] = name; hset[#hset + 1] = metrics[i + 1]
         tset[#tset + 1] = name; tset[#tset + 1] = at
       end
@@ -80,9 +81,10 @@ _KEYS_PER_CALL = 100
 
 
 def folded(batch: ReadingBatch) -> dict[str, list[Any]]:
-    """Per device, what the write script takes: ``[newest time, [field, value, time, ...],
-    [metric, value, time, ...]]``, each field and metric with the newest value the batch
-    has of it (readings of equal time: the later in the batch wins)."""
+    """Per device, what the write script takes: ``[newest time, its ISO text, [field, value,
+    time, ...], [metric, value, time, ...]]`` (times: µs as decimal strings), each field
+    and metric with the newest value the batch has of it (readings of equal time: the
+    later in the batch wins)."""
     ts, device_id, metrics, meta = batch.ts, batch.device_id, batch.metrics, batch.meta
     protocol, status = batch.protocol, batch.status
     application_id, gateway_id = batch.application_id, batch.gateway_id
@@ -112,13 +114,14 @@ def folded(batch: ReadingBatch) -> dict[str, list[Any]]:
         for name, i in envelope.items():
             column = text.get(name)
             if column is not None:
-                fields += [name, column[i], iso_micros(ts[i])]
+                fields += [name, column[i], str(ts[i])]
             else:
-                fields += [NUMERIC_METADATA[name], repr(meta[i][name]), iso_micros(ts[i])]
+                fields += [NUMERIC_METADATA[name], repr(meta[i][name]), str(ts[i])]
         values: list[str] = []
         for name, i in newest.items():
-            values += [name, repr(metrics[i][name]), iso_micros(ts[i])]
-        out[device] = [iso_micros(ts[envelope["protocol"]]), fields, values]
+            values += [name, repr(metrics[i][name]), str(ts[i])]
+        last = ts[envelope["protocol"]]
+        out[device] = [str(last), iso_micros(last), fields, values]
     return out
 
 

@@ -14,6 +14,8 @@ from influxdb_client import InfluxDBClient
 from pipeline.alarms import AlarmEvent
 from pipeline.settings import Settings, Topics
 from schemas import DeadLetter, Telemetry, TelemetryMetadata, utcnow
+from schemas.batch import iso_micros
+from schemas.latest import TS_MICROS
 
 __all__ = [
     "alarm_events_keyed",
@@ -47,11 +49,17 @@ def produce_telemetry(settings: Settings, device_id: str, metrics: dict[str, flo
 
 
 def redis_latest(settings: Settings, device_id: str) -> dict[str, str]:
+    """A device's latest hash without ``_ts_us``, the writers' own copy of ``ts`` in µs
+    (checked here to name the same time as ``ts`` whenever the hash has one)."""
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     try:
-        return client.hgetall(f"webscada:latest:{device_id}")  # type: ignore[return-value]
+        fields: dict[str, str] = client.hgetall(f"webscada:latest:{device_id}")  # type: ignore[assignment]
     finally:
         client.close()
+    micros = fields.pop(TS_MICROS, None)
+    if "ts" in fields:
+        assert micros is not None and iso_micros(int(micros)) == fields["ts"], (micros, fields["ts"])
+    return fields
 
 
 def redis_ttl(settings: Settings, device_id: str) -> int:

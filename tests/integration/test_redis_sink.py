@@ -12,7 +12,7 @@ import redis
 from pipeline.settings import Settings
 from pipeline.sinks.redis import RedisLatestSink
 from schemas import Location, Telemetry, TelemetryMetadata, iso_utc, utcnow
-from schemas.batch import ReadingBatch
+from schemas.batch import ReadingBatch, iso_micros
 from schemas.latest import TIMES_KEY
 from tests.conftest import unique_id
 from tests.integration.helpers import redis_latest
@@ -113,11 +113,14 @@ async def test_location_and_gateway_are_in_the_latest_view(sink: RedisLatestSink
 
 
 def redis_times(stack: Settings, device: str) -> dict[str, str]:
+    """Each metric's time as the times hash keeps it (µs since 1970), as ISO-8601."""
     client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
     try:
-        return client.hgetall(TIMES_KEY.format(device_id=device))  # type: ignore[return-value]
+        stored: dict[str, str] = client.hgetall(TIMES_KEY.format(device_id=device))  # type: ignore[assignment]
     finally:
         client.close()
+    assert all(micros.isdigit() for micros in stored.values()), stored
+    return {name: iso_micros(int(micros)) for name, micros in stored.items()}
 
 
 def _random_readings(rng: random.Random, device: str, base: datetime) -> list[Telemetry]:

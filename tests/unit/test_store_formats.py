@@ -339,12 +339,13 @@ def check_kafka(row: ReadingRow) -> ReadingBatch:
 
 
 def check_redis(batch: ReadingBatch, row: ReadingRow) -> None:
-    at = iso_micros(row.ts)
-    # fixed width, so the write script's string comparison orders times as times; and exact
-    assert len(at) == len("1970-01-01T00:00:00.000000Z")
-    assert micros(datetime.fromisoformat(at)) == row.ts
-    newest, envelope, metrics = folded(batch)[row.device_id]
+    # the script compares times as numbers (µs, sent as decimal text that Lua's tonumber
+    # reads exactly below 2**53); the hash's ``ts`` is the same time as ISO-8601
+    at = str(row.ts)
+    assert int(at) == row.ts < 2**53
+    newest, newest_text, envelope, metrics = folded(batch)[row.device_id]
     assert newest == at
+    assert micros(datetime.fromisoformat(newest_text)) == row.ts and newest_text == iso_micros(row.ts)
     stored = {metrics[i]: (metrics[i + 1], metrics[i + 2]) for i in range(0, len(metrics), 3)}
     assert stored.keys() == row.metrics.keys()
     for name, (text, time) in stored.items():

@@ -28,6 +28,7 @@ from schemas.batch import decode_batch
 __all__ = ["Filter", "Located", "list_letters", "main_list", "main_replay", "main_show", "read_letters"]
 
 MQTT_SOURCE = "mqtt:"
+_KAFKA_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,16 +168,24 @@ def main_replay(settings: Settings, where: Filter, *, dry_run: bool = False,
                 out: TextIO = sys.stdout) -> int:
     """Send the matching dead letters back to their source; returns non-zero if any failed."""
     found = list_letters(settings, where)
-    to_kafka = [f for f in found if not f.letter.source_topic.startswith(MQTT_SOURCE)]
     to_mqtt = [f for f in found if f.letter.source_topic.startswith(MQTT_SOURCE)]
+    to_kafka = [f for f in found if _KAFKA_TOPIC.fullmatch(f.letter.source_topic)]
+    # e.g. ``ble:{address}/{format}``: a Bluetooth advertisement cannot be heard again
+    unreplayable = [f for f in found if f not in to_mqtt and f not in to_kafka]
     for item in found:
-        out.write(f"{'would replay' if dry_run else 'replay'} {item.ref} → {item.letter.source_topic}\n")
-    if dry_run or not found:
-        out.write(f"{len(found)} dead letter(s) {'would be ' if dry_run else ''}replayed\n")
-        return 0
+        if item in unreplayable:
+            out.write(f"cannot replay {item.ref}: its source {item.letter.source_topic!r} is neither "
+                      "a Kafka topic nor an MQTT topic\n")
+        else:
+            out.write(f"{'would replay' if dry_run else 'replay'} {item.ref} → {item.letter.source_topic}\n")
+    replayable = len(found) - len(unreplayable)
+    if dry_run or not replayable:
+        out.write(f"{replayable} dead letter(s) {'would be ' if dry_run else ''}replayed\n")
+        return 1 if unreplayable else 0
     failures = _replay_kafka(settings, to_kafka) + _replay_mqtt(settings, to_mqtt)
-    out.write(f"{len(found) - failures} dead letter(s) replayed, {failures} failed\n")
-    return 1 if failures else 0
+    out.write(f"{replayable - failures} dead letter(s) replayed, {failures} failed"
+              + (f", {len(unreplayable)} cannot be replayed" if unreplayable else "") + "\n")
+    return 1 if failures or unreplayable else 0
 
 
 def _replay_kafka(settings: Settings, items: list[Located]) -> int:

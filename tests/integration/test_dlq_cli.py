@@ -61,3 +61,19 @@ def test_show_of_unknown_reference_fails_clearly(stack: Settings, capsys: pytest
     assert "is not PARTITION:OFFSET" in capsys.readouterr().err
     assert dlq.main_show(stack, "0:999999999") == 1
     assert "no dead letter at 0:999999999" in capsys.readouterr().err
+
+
+def test_a_bluetooth_dead_letter_is_named_as_not_replayable(stack: Settings) -> None:
+    # A BLE advertisement's dead letter names its radio source, no topic: a replay says so
+    # (and fails) instead of producing to a topic name Kafka refuses.
+    device = unique_id("ble-dl")
+    letter = DeadLetter(reason="BTHome packet truncated", stage="connector.bluetooth",
+                        payload=bytes.fromhex("40020a"), source_topic="ble:AA:BB:CC:DD:EE:FF/bthome",
+                        device_id=device)
+    produce_raw(stack, Topics.DLQ, letter.encode(), device.encode())
+    where = dlq.Filter(device_id=device)
+    [found] = wait_until(lambda: dlq.list_letters(stack, where), what="the dead letter in `dlq list`")
+    said = io.StringIO()
+    assert dlq.main_replay(stack, where, out=said) == 1
+    assert f"cannot replay {found.ref}: its source 'ble:AA:BB:CC:DD:EE:FF/bthome'" in said.getvalue()
+    assert "0 dead letter(s) replayed" in said.getvalue()

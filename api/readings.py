@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
+
 from connectors._json import loads
 from connectors._values import kind
 from connectors.errors import BadMessageIdError, BadTimestampError, PayloadError
@@ -100,8 +102,7 @@ def parse_readings(
             message_id = idempotency_key if single else f"{idempotency_key}-{index}"
         # An item's own bytes matter only to derive its message id (HTTP dead-letters
         # nothing: a bad body is refused whole), so they are written out only for that.
-        payload = body if single or message_id is not None or _MESSAGE_KEY in obj else json.dumps(
-            item, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        payload = body if single or message_id is not None or _MESSAGE_KEY in obj else _canonical(item)
         try:
             parsed = reading_from_object(
                 obj, payload=payload, device_id=device_id, protocol=protocol,
@@ -123,6 +124,15 @@ def parse_readings(
     if errors:
         raise InvalidReadings(errors, code or "rejected_fields")
     return readings
+
+
+def _canonical(item: dict[str, Any]) -> bytes:
+    """An array item's own bytes, keys sorted, from which its message id is derived (the
+    same item gives the same id within a process's duplicate window)."""
+    try:
+        return orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # what orjson cannot write (an integer beyond 64 bits) json can
+        return json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _items(body: bytes, max_readings: int) -> tuple[list[Any], bool]:

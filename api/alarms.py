@@ -232,7 +232,7 @@ def _filter(request: Request) -> AlarmFilter:
         if severity not in SEVERITIES:
             raise InvalidField("severity", severity, f"must be one of {', '.join(SEVERITIES)}")
     device_id = params.get("device_id") or None
-    if device_id is not None and not DEVICE_ID_PATTERN.match(device_id):
+    if device_id is not None and not DEVICE_ID_PATTERN.fullmatch(device_id):
         raise InvalidField("device_id", device_id, f"must match {DEVICE_ID_PATTERN.pattern}")
     rule_id = params.get("rule_id") or None
     if rule_id is not None:

@@ -75,7 +75,7 @@ class Conflict(ApiError):
 
 def _device_id(request: Request) -> str:
     device_id: str = request.path_params["device_id"]
-    if not DEVICE_ID_PATTERN.match(device_id):
+    if not DEVICE_ID_PATTERN.fullmatch(device_id):
         raise InvalidField("device_id", device_id, f"must match {DEVICE_ID_PATTERN.pattern}")
     return device_id
 

@@ -119,8 +119,8 @@ def _fields(body: dict[str, Any], principal: Principal, *, creating: bool) -> di
         app = body.get("application_id")
         if app is not None and not (isinstance(app, str) and APPLICATION_ID_PATTERN.fullmatch(app)):
             raise InvalidField("application_id", app,
-                               f"must be text of 1 to {_MAX_APPLICATION} characters without control"
-                               " characters or backslashes, or null")
+                               f"must be 1 to {_MAX_APPLICATION} letters, digits, '_', '.', ':' or"
+                               " '-', starting with a letter or digit, or null")
         if not principal.is_admin and (app is None or app not in principal.applications):
             raise Forbidden("forbidden", "a device must belong to one of your applications")
         out["application_id"] = app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.records import DEVICE_ID_PATTERN
+from schemas.records import APPLICATION_ID_PATTERN, DEVICE_ID_PATTERN
 
 __all__ = ["ROOM_KINDS", "Room", "RoomError", "parse_room"]
 
@@ -29,10 +29,9 @@ class Room:
                 raise RoomError(f"room {self.kind!r} takes no id")
         elif self.kind in _SCOPED:
             # Application ids share the device-id alphabet: both end up in keys and tags.
-            if self.ident is None or not DEVICE_ID_PATTERN.match(self.ident):
-                raise RoomError(
-                    f"{self.kind} id {self.ident!r} does not match {DEVICE_ID_PATTERN.pattern}"
-                )
+            pattern = DEVICE_ID_PATTERN if self.kind == "device" else APPLICATION_ID_PATTERN
+            if self.ident is None or not pattern.fullmatch(self.ident):
+                raise RoomError(f"{self.kind} id {self.ident!r} does not match {pattern.pattern}")
         else:
             raise RoomError(
                 f"unknown room kind {self.kind!r}; expected one of {', '.join(ROOM_KINDS)}"

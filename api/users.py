@@ -13,7 +13,7 @@ import psycopg
 
 from api.passwords import Passwords
 from api.tokens import ROLES, new_refresh_token, refresh_digest
-from schemas.records import DEVICE_ID_PATTERN
+from schemas.records import APPLICATION_ID_PATTERN
 
 __all__ = [
     "USERNAME_PATTERN",
@@ -133,9 +133,9 @@ class UserStore:
             )
 
     async def grant(self, username: str, application_id: str) -> None:
-        if not DEVICE_ID_PATTERN.fullmatch(application_id):
+        if not APPLICATION_ID_PATTERN.fullmatch(application_id):
             raise UserError(
-                f"application id {application_id!r} does not match {DEVICE_ID_PATTERN.pattern}"
+                f"application id {application_id!r} does not match {APPLICATION_ID_PATTERN.pattern}"
             )
         async with self._connect() as conn:
             cur = await conn.execute(

@@ -267,8 +267,8 @@ def reading_from_object(
             application_id = app
         elif app is not None:
             rejected.append(RejectedField(
-                "applicationId", f"{describe(app)} is not a string of 1 to 128 characters"
-                " without control characters or backslashes"
+                "applicationId", f"{describe(app)} is not 1 to 128 letters, digits, '_', '.', ':'"
+                " or '-', starting with a letter or digit"
             ))
     quick = quick_fields(obj)
     if quick is not None:

@@ -42,11 +42,13 @@ __all__ = [
 DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 # No leading underscore: InfluxDB reserves such keys (_measurement, _field, _value, _time ...).
 METRIC_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
-# What an application id may hold: 1 to 128 characters, none of them a control character
-# or a backslash (InfluxDB cannot keep those in a tag value as sent: it ends a point at a
-# line feed, drops a carriage return and reads a backslash as an escape).
-APPLICATION_ID_PATTERN = re.compile(r"^[^\x00-\x1f\x7f\\]{1,128}$")
-APPLICATION_ID_RULE = "application_id must be 1 to 128 characters, no control character or backslash"
+# One rule for application ids wherever they appear (readings, the device registry, user
+# grants, alarm rules, Socket.IO rooms): the device-id alphabet, up to 128 characters.
+# An id with other characters could hold a device but never be granted to a user, and
+# InfluxDB cannot keep control characters or backslashes in a tag value as sent.
+APPLICATION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+APPLICATION_ID_RULE = ("application_id must be 1 to 128 letters, digits, '_', '.', ':' or '-', "
+                       "starting with a letter or digit")
 PROTOCOLS = frozenset({"mqtt", "http", "websocket", "lorawan", "gsm", "bluetooth"})
 # Metric names a store keeps for something else, so that every accepted metric is stored
 # the same way in Redis, InfluxDB and the API. The one list: every ingest path and the

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from schemas.records import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN, iso_utc
+from schemas.records import APPLICATION_ID_PATTERN, DEVICE_ID_PATTERN, METRIC_NAME_PATTERN, iso_utc
 
 __all__ = [
     "ACTIVE_STATES",
@@ -81,15 +81,15 @@ class AlarmRule:
             raise RuleError("operator", self.operator, f"must be one of {' '.join(OPERATORS)}")
         if self.severity not in SEVERITIES:
             raise RuleError("severity", self.severity, f"must be one of {' '.join(SEVERITIES)}")
-        for name in ("device_id", "application_id"):
+        for name, pattern in (("device_id", DEVICE_ID_PATTERN), ("application_id", APPLICATION_ID_PATTERN)):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not DEVICE_ID_PATTERN.match(value)):
-                raise RuleError(name, value, f"must match {DEVICE_ID_PATTERN.pattern}")
+            if value is not None and (not isinstance(value, str) or not pattern.fullmatch(value)):
+                raise RuleError(name, value, f"must match {pattern.pattern}")
         if self.device_id is not None and self.application_id is not None:
             raise RuleError("application_id", self.application_id,
                             "a rule is scoped to a device or to an application, not both")
         if self.metric is not None and (not isinstance(self.metric, str)
-                                        or not METRIC_NAME_PATTERN.match(self.metric)):
+                                        or not METRIC_NAME_PATTERN.fullmatch(self.metric)):
             raise RuleError("metric", self.metric, f"must match {METRIC_NAME_PATTERN.pattern}")
         for name, low in (("threshold", -math.inf), ("deadband", 0.0), ("for_seconds", 0.0),
                           ("off_delay_seconds", 0.0), ("notify_throttle_seconds", 0.0)):

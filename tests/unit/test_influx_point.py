@@ -17,14 +17,24 @@ def _reading(ts: datetime, **kwargs: object) -> Telemetry:
 def test_point_carries_tags_fields_and_exact_microsecond_time() -> None:
     # 156752 µs is one of the values a float conversion turns into ...751.
     ts = datetime(2026, 11, 27, 5, 49, 9, 156752, tzinfo=UTC)
-    record = _reading(ts, application_id="plant a,b=c",
+    record = _reading(ts, application_id="plant-a:b.c",
                       metadata=TelemetryMetadata(signal_strength=-67, battery_level=88))
-    line = line_of(ReadingBatch.of([record]), 0)
+    batch = ReadingBatch.of([record])
+    line = line_of(batch, 0)
     assert line == (
-        "telemetry,application_id=plant\\ a\\,b\\=c,device_id=pump-7,protocol=mqtt "
+        "telemetry,application_id=plant-a:b.c,device_id=pump-7,protocol=mqtt "
         "temperature=21.5,flow_rate=3.0,signal_strength=-67.0,battery_level=88.0 "  # floats: no i suffix
         f"{int(ts.timestamp()) * 1_000_000 + 156752}"
     )
+
+
+def test_tag_values_are_escaped_should_an_unchecked_batch_carry_odd_text() -> None:
+    # application ids keep the device-id alphabet (validate refuses others); the line is
+    # still well formed for a batch that was never checked
+    batch = ReadingBatch()
+    batch.append(device_id="pump-7", protocol="mqtt", ts=1, received_at=1, message_id="m",
+                 metrics={"x": 1.0}, application_id="plant a,b=c")
+    assert line_of(batch, 0).startswith("telemetry,application_id=plant\\ a\\,b\\=c,device_id=pump-7,")
 
 
 def test_point_without_application_has_no_application_tag() -> None:

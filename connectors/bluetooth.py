@@ -47,6 +47,7 @@ from connectors.errors import BluetoothConfigError, PayloadError, ProduceError
 from connectors.metrics import MESSAGES_RECEIVED, MESSAGES_REJECTED, serve_metrics
 from connectors.payload import dead_letter_for_error, derive_message_id
 from connectors.producer import Delivery, RecordProducer
+from pipeline.logs import configure_logging
 from pipeline.settings import Settings
 from schemas.errors import InvalidRecordError
 from schemas.records import DEVICE_ID_PATTERN, SystemEvent, Telemetry, TelemetryMetadata, utcnow
@@ -341,10 +342,7 @@ def main(settings: Settings, *, config_path: Path, metrics_port: int | None = No
     0 on a clean stop, 1 when scanning or Kafka failed, 2 for a bad device file.
     ``metrics_port`` serves the Prometheus counters on ``settings.metrics_host``.
     """
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings, role="connect:bluetooth")
     try:
         devices = load_devices(config_path)
     except BluetoothConfigError as exc:

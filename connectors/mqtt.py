@@ -58,6 +58,7 @@ from connectors.metrics import BROKER_CONNECTED, MESSAGES_RECEIVED, MESSAGES_REJ
 from connectors.payload import ParsedReading, dead_letter_for_error, parse_reading
 from connectors.producer import Delivery, RecordProducer
 from connectors.reading import ReadingRow
+from pipeline.logs import configure_logging
 from pipeline.settings import Settings, Topics
 from schemas.records import SystemEvent
 
@@ -505,10 +506,7 @@ def run(
     it until nothing more comes, leave the (shared) subscription, and have the
     broker forget the session, so that no share of the messages waits there.
     """
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings, role=f"connect:{protocol}")
     if metrics_port:
         serve_metrics(settings.metrics_host, metrics_port)
     producer = RecordProducer.from_settings(settings, connector=protocol)

@@ -49,6 +49,7 @@ from connectors._simformats import (
     lpp_encode,
 )
 from connectors._values import clip
+from pipeline.logs import configure_logging
 from pipeline.settings import Settings
 
 if TYPE_CHECKING:
@@ -224,10 +225,7 @@ def main(
     WebSocket devices send. Returns 0 when every reading was confirmed (broker
     PUBACK, API answer), 1 otherwise.
     """
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings, role="simulate")
     if devices < 1 or interval_s < 0 or (count is not None and count < 0):
         raise ValueError("devices must be >= 1, interval_s >= 0 and count >= 0")
     rng = random.Random()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
+from pipeline.logs import configure_logging
 from pipeline.settings import get_settings
 
 __all__ = ["main"]
@@ -209,10 +209,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _role(args: argparse.Namespace) -> str:
+    """What this process is, for its logs: ``worker:validate``, ``connect:mqtt``, ``api`` ..."""
+    detail = {"worker": "role", "connect": "protocol", "stack": "action", "dlq": "action"}.get(args.command)
+    value = getattr(args, detail, None) if detail else None
+    return f"{args.command}:{value}" if value else str(args.command)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    level = (args.log_level or get_settings().log_level).upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(get_settings(), role=_role(args), level=args.log_level)
     return int(args.func(args) or 0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -151,6 +152,8 @@ class Settings(BaseSettings):
     stack_dir: Path = Field(default_factory=_default_stack_dir)
     cache_dir: Path = Path.home() / ".cache" / "webscada"
     log_level: str = "info"
+    # text: readable lines; json: one JSON object a line with the process's role (pipeline.logs)
+    log_format: Literal["text", "json"] = "text"
 
     @property
     def pg_conninfo(self) -> str:

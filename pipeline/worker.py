@@ -35,6 +35,7 @@ def _run_role(settings: Settings, role: str) -> int:
     from faust.worker import Worker
 
     from pipeline.app import all_roles, create_app
+    from pipeline.logs import set_role
     from pipeline.metrics import serve_metrics
 
     roles = all_roles(settings)
@@ -45,7 +46,10 @@ def _run_role(settings: Settings, role: str) -> int:
     # quarter less CPU than asyncio's own loop for the same records.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = create_app(role, settings)
-    worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    set_role(f"worker:{role}")
+    # Faust sets up its own (text) logging unless told not to: JSON logs keep pipeline.logs'
+    worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True,
+                    override_logging=settings.log_format != "json")
     # Faust's terminal spinner, at log levels WARNING and above, sets the root logger to
     # DEBUG so that it can spin on every record: every debug line of aiokafka then became a
     # LogRecord (a fifth of a role's CPU at low rates). Logs go to files here: no spinner.

@@ -7,7 +7,26 @@ from typing import ClassVar
 
 from infra.services._base import Service, StackError, apt_install, port_answers, wait_for, which
 
-__all__ = ["Mosquitto"]
+__all__ = ["BROKER_OPTIONS", "Mosquitto"]
+
+# The broker's behaviour, here and in infra/mosquitto/mosquitto.conf (Docker): only the
+# listener and the persistence folder differ.
+BROKER_OPTIONS = (
+    "allow_anonymous true",
+    "persistence true",
+    "autosave_interval 5",
+    # QoS 1 messages for a disconnected persistent session (the connector)
+    # are kept, not dropped: the connector's restart must lose nothing.
+    "max_queued_messages 1000000",
+    "max_queued_bytes 0",
+    "max_inflight_messages 1000",
+    "persistent_client_expiration 7d",
+    "log_dest stdout",
+    "log_type error",
+    "log_type warning",
+    "log_type notice",
+    "connection_messages true",
+)
 
 
 class Mosquitto(Service):
@@ -44,21 +63,8 @@ class Mosquitto(Service):
         config = self.state_dir / "mosquitto.conf"
         lines = [
             f"listener {self.settings.mqtt_port} {self.settings.mqtt_host}",
-            "allow_anonymous true",
-            "persistence true",
             f"persistence_location {self.state_dir}/",
-            "autosave_interval 5",
-            # QoS 1 messages for a disconnected persistent session (the connector)
-            # are kept, not dropped: the connector's restart must lose nothing.
-            "max_queued_messages 1000000",
-            "max_queued_bytes 0",
-            "max_inflight_messages 1000",
-            "persistent_client_expiration 7d",
-            "log_dest stdout",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "connection_messages true",
+            *BROKER_OPTIONS,
         ]
         if os.geteuid() == 0:
             # Keep the files under .stack writable: a dev broker on loopback only.

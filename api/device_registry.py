@@ -84,7 +84,9 @@ async def _pg(request: Request, work: Callable[[AsyncConnection[Any]], Awaitable
         async with services_of(request).pool.connection(timeout=5.0) as conn:
             return await work(conn)
     except (PoolTimeout, psycopg.OperationalError) as exc:
-        log.warning("%s %s: PostgreSQL unavailable: %s", request.method, request.url.path, exc)
+        # the pool's counters say whether PostgreSQL was away or every connection was taken
+        log.warning("%s %s: PostgreSQL unavailable: %s (pool: %s)", request.method, request.url.path,
+                    exc, services_of(request).pool.get_stats())
         raise ServiceUnavailable("PostgreSQL unavailable", str(exc)) from exc
 
 

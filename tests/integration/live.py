@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -79,9 +80,16 @@ def create_device(api: ApiServer, protocol: str, application_id: str | None = "i
                   device_id: str | None = None) -> tuple[str, str]:
     """A registered device of the API: ``(device_id, api_key)``."""
     device_id = device_id or unique_id(protocol[:4])
-    response = httpx.post(f"{api.base_url}/api/devices",
-                          headers={"Authorization": f"Bearer {api.token}"},
-                          json={"id": device_id, "name": "integration", "protocol": protocol,
-                                "application_id": application_id}, timeout=15)
+    # A 503 (PostgreSQL unavailable, e.g. just after the outage tests) is retried as its
+    # Retry-After asks, as a client would; for 30 s at most.
+    deadline = time.monotonic() + 30
+    while True:
+        response = httpx.post(f"{api.base_url}/api/devices",
+                              headers={"Authorization": f"Bearer {api.token}"},
+                              json={"id": device_id, "name": "integration", "protocol": protocol,
+                                    "application_id": application_id}, timeout=15)
+        if response.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert response.status_code == 201, response.text
     return device_id, str(response.json()["api_key"])

@@ -197,3 +197,32 @@ def test_an_answer_before_the_body_ends_closes_the_connection(guarded_server: in
                      b"10\r\n" + b"x" * 16 + b"\r\n")  # more than the route takes, and not the end
         waited, received = _closed_after(sock)
     assert received.startswith(b"HTTP/1.1 413") and waited < 2.0
+
+
+def test_a_small_rest_of_a_body_answered_early_is_read_and_the_connection_kept(
+        guarded_server: int) -> None:
+    """Closing with unread bytes would reset the connection under the client's feet."""
+    with socket.create_connection(("127.0.0.1", guarded_server)) as sock:
+        sock.settimeout(5)
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n" + b"x" * 12)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 413")
+        sock.sendall(b"y" * 8)  # the rest of the refused body
+        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")  # the same connection, reused
+        assert b'{"got":0}' in sock.recv(65536)
+
+
+def test_a_large_rest_answered_early_ends_gracefully(guarded_server: int) -> None:
+    """The answer, then end-of-file while the client still writes; closed within the linger."""
+    with socket.create_connection(("127.0.0.1", guarded_server)) as sock:
+        sock.settimeout(5)
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n"
+                     + b"x" * 16)
+        received = b""
+        started = time.monotonic()
+        while True:
+            sock.sendall(b"z" * 4096)  # still sending: no reset while the server lingers
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 413") and time.monotonic() - started < 2.0

@@ -28,6 +28,7 @@ from starlette.routing import Route
 from api.access import require_device
 from api.auth import Principal, principal_of, requires_auth
 from api.errors import ApiError, InvalidField, NotFound, ServiceUnavailable
+from api.jsonbody import json_object
 from api.masking import mask_rule_json
 from api.services import services_of
 from pipeline.alarms.catalog import AlarmFilter, RuleCatalog
@@ -86,13 +87,6 @@ def _uuid(request: Request, name: str, what: str) -> str:
         return str(uuid.UUID(raw))
     except ValueError:
         raise NotFound(f"no such {what}", raw) from None
-
-
-async def _body(request: Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError:
-        raise InvalidField("body", None, "must be a JSON object") from None
 
 
 async def _guarded(action: Any) -> Any:
@@ -167,7 +161,7 @@ async def list_rules(request: Request) -> Response:
 async def create_rule(request: Request) -> Response:
     """Create an alarm rule; 201 with the rule, 422 naming a bad field."""
     try:
-        rule = parse_rule(await _body(request))
+        rule = parse_rule(await json_object(request))
     except RuleError as exc:
         raise _invalid(exc) from exc
     created = await _guarded(_catalog(request).create(rule))
@@ -194,7 +188,7 @@ async def patch_rule(request: Request) -> Response:
     """Change some fields of a rule; the engine picks the change up within seconds."""
     rule = await _rule(request)
     try:
-        changed = parse_rule_patch(rule, await _body(request))
+        changed = parse_rule_patch(rule, await json_object(request))
     except RuleError as exc:
         raise _invalid(exc) from exc
     updated = await _guarded(_catalog(request).update(changed))
@@ -327,8 +321,7 @@ async def _act(request: Request, action: str) -> Response:
     visible = await _visible_alarm(request, alarm_id)
     shelve_s = 0.0
     if action == "shelve":
-        body = await _body(request)
-        minutes = body.get("minutes") if isinstance(body, dict) else None
+        minutes = (await json_object(request)).get("minutes")
         if isinstance(minutes, bool) or not isinstance(minutes, int | float) \
                 or not 0 <= minutes <= _MAX_SHELVE_MINUTES:
             raise InvalidField("minutes", minutes,

@@ -40,6 +40,7 @@ from api.auth import principal_of, requires_auth
 from api.device_keys import authenticate_device
 from api.errors import ApiError, InvalidField, NotFound, ServiceUnavailable
 from api.ingest_kafka import IngestProducer, KafkaUnavailable
+from api.jsonbody import json_object
 from api.openapi import describe
 from api.services import services_of
 from pipeline.commands import store
@@ -78,16 +79,6 @@ def _device_id(request: Request) -> str:
     if not DEVICE_ID_PATTERN.fullmatch(device_id):
         raise InvalidField("device_id", device_id, f"must match {DEVICE_ID_PATTERN.pattern}")
     return device_id
-
-
-async def _object_body(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidField("body", None, "must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise InvalidField("body", None, "must be a JSON object")
-    return body
 
 
 async def _pg(conn: HTTPConnection, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
@@ -170,7 +161,7 @@ async def send_command(request: Request) -> Response:
     device_id = _device_id(request)
     principal = principal_of(request)
     await require_device(request, principal, device_id, must_exist=True)
-    command = _new_command(await _object_body(request), device_id, principal.subject)
+    command = _new_command(await json_object(request), device_id, principal.subject)
     key = _idempotency_key(request)
     command_id, status, created = await _pg(
         request, lambda db: store.insert_command(db, command, key))
@@ -261,7 +252,7 @@ async def ack_command(request: Request) -> Response:
     device_id = _device_id(request)
     await authenticate_device(request, device_id)
     parsed = store.as_uuid(str(request.path_params["command_id"]))
-    body = await _object_body(request)
+    body = await json_object(request, devices=True)
     status = body.get("status")
     if status not in DEVICE_ACK_STATUSES:
         raise InvalidField("status", status, f"must be one of {', '.join(sorted(DEVICE_ACK_STATUSES))}")

@@ -29,7 +29,8 @@ from starlette.routing import Route
 from api.access import require_device
 from api.auth import Principal, principal_of, requires_auth
 from api.device_keys import hash_api_key, new_api_key
-from api.errors import ApiError, BadRequest, Forbidden, InvalidField, NotFound, ServiceUnavailable
+from api.errors import ApiError, Forbidden, InvalidField, NotFound, ServiceUnavailable
+from api.jsonbody import json_object
 from api.openapi import describe
 from api.services import services_of
 from schemas.records import APPLICATION_ID_PATTERN, DEVICE_ID_PATTERN, PROTOCOLS, iso_utc
@@ -90,16 +91,6 @@ async def _pg(request: Request, work: Callable[[AsyncConnection[Any]], Awaitable
         raise ServiceUnavailable("PostgreSQL unavailable", str(exc)) from exc
 
 
-async def _object(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise BadRequest("the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    return body
-
-
 def _text(value: object, shortest: int, longest: int) -> bool:
     """Text PostgreSQL can store (no NUL) of ``shortest`` to ``longest`` characters."""
     return isinstance(value, str) and shortest <= len(value) <= longest and "\x00" not in value
@@ -151,7 +142,7 @@ def _path_id(request: Request) -> str:
 @requires_auth(role="operator")
 async def create_device(request: Request) -> Response:
     """Register a device; the answer holds its API key, shown only this once."""
-    body = await _object(request)
+    body = await json_object(request)
     device_id = body.get("id")
     if not isinstance(device_id, str) or not DEVICE_ID_PATTERN.fullmatch(device_id):
         raise InvalidField("id", device_id, f"required, must match {DEVICE_ID_PATTERN.pattern}")
@@ -206,7 +197,7 @@ async def get_device(request: Request) -> Response:
 async def patch_device(request: Request) -> Response:
     """Change a device's name, protocol or application."""
     device_id = await _visible(request)
-    changes = _fields(await _object(request), principal_of(request), creating=False)
+    changes = _fields(await json_object(request), principal_of(request), creating=False)
     if changes:
         assignments = ", ".join(f"{column} = %s" for column in changes)  # names from _fields only
         await _pg(request, lambda conn: conn.execute(

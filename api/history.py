@@ -5,7 +5,8 @@ relative like ``-15m``, ``-24h``, ``-7d``; default the last hour), ``every``
 (``30s``, ``5m``, ``1h``, ``1d`` or seconds; 1 s to 1 d; default: the smallest
 step giving at most 1000 points) and ``agg`` (``mean|min|max|last|count``).
 A range that is empty, reversed, or would give more than the configured number
-of points answers ``400`` saying so.
+of points answers ``400`` saying so; a time outside what InfluxDB can store
+(1677 to 2262, e.g. ``-999999999w``) ``422``, checked before any arithmetic.
 
 The Flux text is built only from checked values: the device id and metric
 match their patterns (no quote or backslash can occur), times are parsed and
@@ -50,6 +51,10 @@ _STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^(\d{1,9})([smhdw]?)$")
 _RELATIVE = re.compile(r"^-(\d{1,9})([smhdw])$")
+# InfluxDB keeps times as signed 64-bit nanoseconds since 1970: this range, roughly.
+EARLIEST = datetime(1677, 9, 22, tzinfo=UTC)
+LATEST = datetime(2262, 4, 11, tzinfo=UTC)
+_MAX_RELATIVE_S = int((LATEST - EARLIEST).total_seconds())
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,17 +72,31 @@ def _bad(field: str, value: object, message: str) -> BadRequest:
 
 
 def _moment(field: str, raw: str, now: datetime) -> datetime:
+    """``raw`` as a UTC time; 400 when it is none of the forms, 422 when it lies outside
+    :data:`EARLIEST` .. :data:`LATEST` (checked before any arithmetic could overflow)."""
     raw = raw.strip()
     if raw == "now":
         return now
+    out_of_range = InvalidField(field, raw[:64], f"must lie between {iso_utc(EARLIEST)} and"
+                                f" {iso_utc(LATEST)} (the times InfluxDB can store)")
     if match := _RELATIVE.match(raw):
-        return now - timedelta(seconds=int(match[1]) * _UNITS[match[2]])
-    try:
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "+"))
-    except ValueError:
-        raise _bad(field, raw, "expected ISO-8601 (2026-01-02T03:04:05Z), 'now' or -<n>s|m|h|d|w")\
-            from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+        seconds = int(match[1]) * _UNITS[match[2]]
+        if seconds > _MAX_RELATIVE_S:
+            raise out_of_range
+        moment = now - timedelta(seconds=seconds)
+    else:
+        try:
+            moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "+"))
+        except ValueError:
+            raise _bad(field, raw[:64], "expected ISO-8601 (2026-01-02T03:04:05Z), 'now' or"
+                       " -<n>s|m|h|d|w") from None
+        try:
+            moment = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00
+            raise out_of_range from None
+    if not EARLIEST <= moment <= LATEST:
+        raise out_of_range
+    return moment
 
 
 def _every(raw: str) -> int:
@@ -93,7 +112,8 @@ def _every(raw: str) -> int:
 def parse_history_query(
     device_id: str, params: Any, *, max_points: int, now: datetime | None = None
 ) -> HistoryQuery:
-    """Check the query parameters; raises 422 for a bad id or metric, 400 for a bad range."""
+    """Check the query parameters; raises 422 for a bad id, metric or out-of-range time,
+    400 for a malformed time or a bad range."""
     now = now or datetime.now(UTC)
     if not DEVICE_ID_PATTERN.fullmatch(device_id):
         raise InvalidField("device_id", device_id, f"must match {DEVICE_ID_PATTERN.pattern}")

@@ -8,6 +8,8 @@ such readings (at most ``max_readings``). Answers:
   record, in the partition of the device);
 - ``401`` no or unknown ``X-API-Key``, ``403`` the key of another device;
 - ``413`` a body over ``max_body_bytes`` (by ``Content-Length`` or as streamed);
+- ``415`` a ``Content-Type`` other than ``application/json`` (none at all is
+  read as JSON: many device HTTP clients send none);
 - ``422`` a reading that is not entirely valid; nothing of the request is kept
   and ``detail`` names each bad field (HTTP can say so, unlike MQTT, which
   keeps the valid metrics and dead-letters the rest);
@@ -43,6 +45,7 @@ from api.device_hub import DeviceSockets
 from api.device_keys import API_KEY_HEADER, authenticate_device, presented_key
 from api.errors import ApiError, error_response
 from api.ingest_kafka import IngestProducer, KafkaUnavailable
+from api.jsonbody import UnsupportedMediaType, check_json_type
 from api.openapi import describe
 from api.ratelimit import hit
 from api.readings import InvalidReadings, parse_readings
@@ -273,7 +276,7 @@ _ACCEPTED = {
 
 
 @describe(body={"oneOf": [_READING, {"type": "array", "items": _READING}]}, response=_ACCEPTED,
-          status=202, errors=(401, 403, 413, 422, 429, 503))
+          status=202, errors=(401, 403, 413, 415, 422, 429, 503))
 async def ingest_telemetry(request: Request) -> Response:
     """Readings from an HTTP device (X-API-Key): 202 once Kafka acknowledged them.
 
@@ -292,6 +295,10 @@ async def ingest_telemetry(request: Request) -> Response:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
             raise _too_large(int(declared), config.max_body_bytes)
+        try:  # devices may send no Content-Type; one that is not JSON is refused
+            check_json_type(request.headers, missing_ok=True)
+        except UnsupportedMediaType as exc:
+            raise IngestRefused(415, exc.error, exc.detail) from exc
         try:
             identity = await authenticate_device(request, device_id)
         except ApiError as exc:

@@ -8,29 +8,28 @@ the answer is ``429`` with ``Retry-After``. A successful login refunds its
 attempt and clears the pair's counter. The password is checked in the hashing
 pool off the event loop; when that pool is full the answer is ``503``.
 
-Bodies (JSON or a form, at most :data:`MAX_BODY_BYTES`) are counted as they stream
-in, so a client cannot make the API hold a large body of a route anyone may call.
+Bodies (JSON or a form, at most :data:`MAX_BODY_BYTES`) are read by
+:mod:`api.jsonbody`, counted as they stream in, so a client cannot make the API
+hold a large body of a route anyone may call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from typing import Any
-from urllib.parse import parse_qsl
 
 import psycopg
 import redis.exceptions
 from psycopg_pool import PoolTimeout
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api import ratelimit
 from api.auth import principal_of, requires_auth
 from api.config import ApiConfig
-from api.errors import ApiError, BadRequest, InvalidField, ServiceUnavailable, TooManyRequests, Unauthorized
+from api.errors import InvalidField, ServiceUnavailable, TooManyRequests, Unauthorized
+from api.jsonbody import json_object
 from api.openapi import describe
 from api.passwords import HashingBusy
 from api.services import services_of
@@ -51,7 +50,7 @@ _TOKEN = {
         "expires_in": {"type": "integer"}, "refresh_token": {"type": "string"},
     },
 }
-_LOGIN_ERRORS = (400, 401, 413, 422, 429, 503)
+_LOGIN_ERRORS = (400, 401, 413, 415, 422, 429, 503)
 _REFUSALS = {
     "address": "too many failed attempts from this address",
     "user-address": "too many failed attempts for this user from this address",
@@ -60,43 +59,9 @@ _REFUSALS = {
 }
 
 
-class BodyTooLarge(ApiError):
-    status_code = 413
-
-
-async def bounded_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The body, refused with 413 as soon as more than ``limit`` bytes are declared or
-    have arrived (a client may send more than it declares)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge("body too large", f"{declared} bytes declared; at most {limit} are accepted")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge("body too large", f"{size}+ bytes; at most {limit} are accepted")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise BadRequest("client disconnected before the body was complete") from None
-    return b"".join(chunks)
-
-
 async def _credentials(request: Request, fields: tuple[str, ...]) -> dict[str, str]:
-    """The named string fields of a JSON or form-encoded body."""
-    body = await bounded_body(request)
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    data: Any
-    if kind == "application/x-www-form-urlencoded":
-        data = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-    else:
-        try:
-            data = json.loads(body or b"null")
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidField("body", None, "expected a JSON object or a form") from None
-    if not isinstance(data, dict):
-        raise InvalidField("body", None, f"expected an object with {', '.join(fields)}")
+    """The named string fields of a JSON or form-encoded body (:mod:`api.jsonbody`)."""
+    data = await json_object(request, limit=MAX_BODY_BYTES, form=True)
     out: dict[str, str] = {}
     for name in fields:
         value = data.get(name)

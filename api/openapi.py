@@ -34,6 +34,8 @@ _ERRORS = {
     "401": "missing or invalid bearer token",
     "403": "the role does not allow this",
     "404": "no such object, or not visible to the caller",
+    "413": "the body is too large",
+    "415": "the body is not application/json",
     "422": "invalid input; the body names the field",
     "429": "rate limited; see Retry-After",
     "503": "a backing store is unavailable",
@@ -110,6 +112,8 @@ def _operation(endpoint: Callable[..., Any], path_parameters: list[dict[str, Any
                "content": {spec["content_type"]: {"schema": spec["response"] or {}}}}
     operation["responses"][str(spec["status"])] = success
     errors = set(spec["errors"]) | ({401, 403} if role is not None else set())
+    if spec["body"] is not None:  # every body goes through api.jsonbody
+        errors |= {413, 415, 422}
     for code in sorted(errors):
         operation["responses"][str(code)] = {
             "description": _ERRORS.get(str(code), "error"),
@@ -142,7 +146,8 @@ def openapi_document(routes: Sequence[BaseRoute], *, title: str, version: str) -
                 "Error": {
                     "type": "object",
                     "required": ["error"],
-                    "properties": {"error": {"type": "string"}, "detail": {}},
+                    "properties": {"error": {"type": "string"}, "detail": {},
+                                   "request_id": {"type": "string"}},
                 }
             },
         },

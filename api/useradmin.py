@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.auth import requires_auth
 from api.errors import InvalidField, NotFound
+from api.jsonbody import json_object
 from api.openapi import describe
 from api.passwords import PasswordError
 from api.tokens import ROLES
@@ -32,17 +31,6 @@ _USER = {
 def _json(user: User) -> dict[str, object]:
     return {"username": user.username, "role": user.role,
             "applications": sorted(user.applications)}
-
-
-async def _body(request: Request) -> dict[str, object]:
-    raw = await request.body()
-    try:
-        data = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidField("body", None, "expected a JSON object") from None
-    if not isinstance(data, dict):
-        raise InvalidField("body", None, "expected a JSON object")
-    return data
 
 
 def _string(data: dict[str, object], name: str) -> str:
@@ -69,7 +57,7 @@ async def list_users(request: Request) -> Response:
 @requires_auth(role="admin")
 async def add_user(request: Request) -> Response:
     """Create a user."""
-    data = await _body(request)
+    data = await json_object(request)
     users: UserStore = request.app.state.users
     role = _string(data, "role")
     if role not in ROLES:
@@ -92,7 +80,7 @@ async def add_user(request: Request) -> Response:
 async def grant_application(request: Request) -> Response:
     """Let a user see an application."""
     username = request.path_params["username"]
-    data = await _body(request)
+    data = await json_object(request)
     users: UserStore = request.app.state.users
     if await users.get(username) is None:
         raise NotFound("no such user", f"user {username} does not exist")

@@ -28,11 +28,13 @@ from starlette.routing import Route
 
 from api.access import require_device
 from api.auth import Principal, principal_of, requires_auth
+from api.device_accounts import close_account, open_account
 from api.device_keys import hash_api_key, new_api_key
 from api.errors import ApiError, Forbidden, InvalidField, NotFound, ServiceUnavailable
 from api.jsonbody import json_object
 from api.openapi import describe
 from api.services import services_of
+from pipeline.mqtt_accounts import DEVICE_PROTOCOLS, reserved_usernames
 from schemas.records import APPLICATION_ID_PATTERN, DEVICE_ID_PATTERN, PROTOCOLS, iso_utc
 
 __all__ = ["device_registry_routes"]
@@ -147,6 +149,9 @@ async def create_device(request: Request) -> Response:
     if not isinstance(device_id, str) or not DEVICE_ID_PATTERN.fullmatch(device_id):
         raise InvalidField("id", device_id, f"required, must match {DEVICE_ID_PATTERN.pattern}")
     fields = _fields(body, principal_of(request), creating=True)
+    if fields["protocol"] in DEVICE_PROTOCOLS and device_id in reserved_usernames():
+        raise InvalidField("id", device_id, "is the user name of one of the MQTT broker's service"
+                           " accounts; choose another id")
     key = new_api_key()
 
     async def insert(conn: AsyncConnection[Any]) -> tuple[Any, ...] | None:
@@ -163,6 +168,12 @@ async def create_device(request: Request) -> Response:
     if row is None:
         raise Conflict("device exists", f"a device {device_id} is already registered;"
                        " POST /api/devices/{id}/api-key gives it a new key")
+    try:
+        await open_account(services_of(request).accounts, device_id, fields["protocol"], key)
+    except ServiceUnavailable:  # no key that works over HTTP but not over MQTT: undone
+        await _pg(request, lambda conn: conn.execute(
+            "DELETE FROM devices WHERE id = %s AND api_key_hash = %s", (device_id, hash_api_key(key))))
+        raise
     log.info("device %s registered by %s", device_id, principal_of(request).subject)
     return JSONResponse({**_json(row), "api_key": key}, status_code=201,
                         headers={"Location": f"/api/devices/{device_id}"})
@@ -202,7 +213,10 @@ async def patch_device(request: Request) -> Response:
         assignments = ", ".join(f"{column} = %s" for column in changes)  # names from _fields only
         await _pg(request, lambda conn: conn.execute(
             f"UPDATE devices SET {assignments} WHERE id = %s", (*changes.values(), device_id)))
-    return JSONResponse(await _select(request, device_id))
+    device = await _select(request, device_id)
+    if device["protocol"] not in DEVICE_PROTOCOLS:  # no longer speaks MQTT itself
+        await close_account(services_of(request).accounts, device_id)
+    return JSONResponse(device)
 
 
 @describe(response=_DELETED, errors=(401, 403, 404, 422, 503))
@@ -211,6 +225,7 @@ async def delete_device(request: Request) -> Response:
     """Forget a device (its key stops working; a device heard again is registered anew)."""
     device_id = await _visible(request)
     await _pg(request, lambda conn: conn.execute("DELETE FROM devices WHERE id = %s", (device_id,)))
+    await close_account(services_of(request).accounts, device_id)
     log.info("device %s deleted by %s", device_id, principal_of(request).subject)
     # 200 with a body rather than 204: the generated OpenAPI document describes JSON answers.
     return JSONResponse({"id": device_id, "deleted": True})
@@ -222,8 +237,20 @@ async def rotate_key(request: Request) -> Response:
     """A new API key for the device; the old one stops working now. Shown only this once."""
     device_id = await _visible(request)
     key = new_api_key()
-    await _pg(request, lambda conn: conn.execute(
-        "UPDATE devices SET api_key_hash = %s WHERE id = %s", (hash_api_key(key), device_id)))
+
+    async def replace(conn: AsyncConnection[Any]) -> str | None:
+        cursor = await conn.execute(
+            "UPDATE devices SET api_key_hash = %s WHERE id = %s RETURNING protocol",
+            (hash_api_key(key), device_id))
+        row = await cursor.fetchone()
+        return None if row is None else str(row[0])
+
+    protocol = await _pg(request, replace)
+    if protocol is None:
+        raise NotFound("no such device", f"device {device_id} does not exist")
+    # The old key stops working over MQTT too (its sessions are closed); a broker away gives
+    # 503 with the new key already in force over HTTP: rotating again mends it.
+    await open_account(services_of(request).accounts, device_id, protocol, key)
     log.info("API key of device %s replaced by %s", device_id, principal_of(request).subject)
     return JSONResponse({"id": device_id, "api_key": key})
 

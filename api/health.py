@@ -137,7 +137,8 @@ def _mqtt_connect_packet(client_id: str, keepalive_s: int = 5) -> bytes:
 
 
 async def check_mqtt(host: str, port: int) -> None:
-    """TCP connect, MQTT 3.1.1 CONNECT (clean session), expect CONNACK accepted, DISCONNECT."""
+    """TCP connect, MQTT 3.1.1 CONNECT (clean session, no account), expect a CONNACK (accepted,
+    or refused for want of an account), DISCONNECT."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
         writer.write(_mqtt_connect_packet(f"webscada-health-{secrets.token_hex(4)}"))
@@ -145,7 +146,9 @@ async def check_mqtt(host: str, port: int) -> None:
         connack = await reader.readexactly(4)
         if connack[0] != 0x20 or connack[1] != 0x02:
             raise DependencyDown(f"expected CONNACK, got {connack.hex()}")
-        if connack[3] != 0:
+        # 4/5: bad credentials / not authorised: the broker is up and refuses strangers,
+        # as it should (the probe carries no account).
+        if connack[3] not in (0, 4, 5):
             reason = _CONNACK_CODES.get(connack[3], "unknown code")
             raise DependencyDown(f"CONNACK refused: {connack[3]} ({reason})")
         writer.write(b"\xe0\x00")  # DISCONNECT

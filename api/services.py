@@ -7,6 +7,7 @@ start-up (the pool and Redis connect lazily, the tail retries in the background)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,7 +23,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.requests import HTTPConnection
 
+from api.device_accounts import reconcile_forever
 from api.streaming import Emitter, TopicTail
+from pipeline.mqtt_accounts import AccountAdmin
 from pipeline.pgpool import make_pool
 from pipeline.settings import Settings
 
@@ -38,6 +41,7 @@ class Services:
     http: aiohttp.ClientSession
     tail: TopicTail
     influx: InfluxDBClientAsync | None = None  # None only where a test builds Services by hand
+    accounts: AccountAdmin | None = None  # devices' MQTT accounts; None: managed elsewhere
 
 
 def services_of(conn: HTTPConnection) -> Services:
@@ -85,4 +89,11 @@ async def open_services(settings: Settings, emitter: Emitter) -> AsyncIterator[S
         )
         stack.push_async_callback(influx.close)
 
-        yield Services(pool=pool, redis=redis, http=http, tail=tail, influx=influx)
+        accounts = AccountAdmin(settings) if settings.mqtt_manage_accounts else None
+        if accounts is not None:
+            reconciler = asyncio.create_task(reconcile_forever(accounts, pool),
+                                             name="mqtt-account-reconcile")
+            stack.callback(reconciler.cancel)
+
+        yield Services(pool=pool, redis=redis, http=http, tail=tail, influx=influx,
+                       accounts=accounts)

@@ -35,6 +35,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.common import Proc
+from pipeline.mqtt_accounts import command_line, credentials, login
 from pipeline.settings import ROOT, Settings, Topics
 from schemas.batch import decode_batch
 
@@ -55,6 +56,7 @@ def on_subscribe(*args):
 def on_message(client, userdata, message):
     client.ack(message.mid, message.qos)
 c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+c.username_pw_set(sys.argv[6], sys.argv[7])
 c.connect(sys.argv[1], int(sys.argv[2]))
 c.loop_forever()
 """
@@ -134,6 +136,7 @@ def _forget_session(settings: Settings, client_id: str) -> None:
     import paho.mqtt.client as paho
 
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    login(client, settings, "connector")
     client.connect(settings.mqtt_host, settings.mqtt_port)
     client.disconnect()
 
@@ -158,7 +161,8 @@ def run(settings: Settings, *, messages: int = 20_000, devices: int = 20, connec
                 popen = subprocess.Popen([sys.executable, "-c", _BARE, settings.mqtt_host,
                                           str(settings.mqtt_port), client_id,
                                           f"$share/bench-{run_id}/devices/+/telemetry",
-                                          str(mqtt_protocol)], cwd=ROOT,
+                                          str(mqtt_protocol),
+                                          *credentials(settings, "connector")], cwd=ROOT,
                                          stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
             procs.append(Proc(popen, f"bare-{i}"))
@@ -194,6 +198,7 @@ def run(settings: Settings, *, messages: int = 20_000, devices: int = 20, connec
                 with open(path, "rb") as lines:
                     publishers.append(subprocess.Popen(
                         ["mosquitto_pub", "-h", settings.mqtt_host, "-p", str(settings.mqtt_port),
+                         *command_line(settings, "simulator"),
                          "-q", "1", "-t", f"devices/{prefix}{d:03d}/telemetry", "-l"], stdin=lines))
             for publisher in publishers:
                 publisher.wait(timeout=300)

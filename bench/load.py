@@ -32,6 +32,7 @@ import uvloop
 from bench.common import cpu_seconds
 from bench.readings import device_line
 from infra.services import Mosquitto
+from pipeline.mqtt_accounts import command_line
 from pipeline.settings import Settings
 
 __all__ = ["HttpLoad", "MqttLoad", "Plan"]
@@ -90,6 +91,7 @@ class MqttLoad(_Load):
         publisher = Mosquitto(settings).publisher()
         self._procs = [
             subprocess.Popen([publisher, "-h", settings.mqtt_host, "-p", str(settings.mqtt_port),
+                              *command_line(settings, "simulator"),
                               "-q", "1", "-t", f"devices/{device}/telemetry", "-l"],
                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, bufsize=0)
             for device in devices]

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import Proc, cpu_seconds, role_pids, tree_pids, wait_for
 from pipeline.app import all_roles
+from pipeline.mqtt_accounts import login
 from pipeline.settings import Settings, Topics
 
 __all__ = ["SINKS", "WORKER_GROUPS", "WORKER_ROLES", "Pipeline", "SinkMetrics", "sink_delays"]
@@ -252,5 +253,6 @@ class Pipeline:
             # A persistent session left behind would collect device messages for days.
             forget = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self._client_id(i),
                                  clean_session=True)
+            login(forget, self.settings, "connector")
             forget.connect(self.settings.mqtt_host, self.settings.mqtt_port)
             forget.disconnect()

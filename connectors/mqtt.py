@@ -59,6 +59,7 @@ from connectors.payload import ParsedReading, dead_letter_for_error, parse_readi
 from connectors.producer import Delivery, RecordProducer
 from connectors.reading import ReadingRow
 from pipeline.logs import configure_logging
+from pipeline.mqtt_accounts import credentials
 from pipeline.settings import Settings, Topics
 from schemas.records import SystemEvent
 
@@ -139,8 +140,10 @@ class MqttConnector:
         reconnect_max_s: int = 30,
         retry_delay_s: float = 1.0,
         client: paho.Client | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
         self.host, self.port, self.client_id = host, port, client_id
+        self._credentials = credentials
         self.prefix, self.protocol = prefix, protocol
         self.topic_filter = subscription or f"{prefix}/+/telemetry"
         self.subscription = (f"$share/{shared_group}/{self.topic_filter}" if shared_group
@@ -180,6 +183,7 @@ class MqttConnector:
         cls, settings: Settings, *, producer: RecordProducer, **options: Any
     ) -> MqttConnector:
         options.setdefault("client_id", settings.mqtt_client_id)
+        options.setdefault("credentials", credentials(settings, "connector"))
         return cls(producer=producer, host=settings.mqtt_host, port=settings.mqtt_port, **options)
 
     @property
@@ -211,6 +215,8 @@ class MqttConnector:
             client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                                  client_id=self.client_id, clean_session=False,
                                  protocol=paho.MQTTv311, manual_ack=True)
+        if self._credentials is not None:
+            client.username_pw_set(*self._credentials)
         # Last resort only: every known failure is handled in the callbacks themselves.
         client.suppress_exceptions = True
         client.enable_logger(logging.getLogger(f"{__name__}.paho"))
@@ -514,7 +520,8 @@ def run(
     connector = MqttConnector(
         producer=producer, prefix=prefix, protocol=protocol, parser=parser,
         client_id=client_id or settings.mqtt_client_id, subscription=subscription,
-        translator=translator, shared_group=shared_group, **options,
+        translator=translator, shared_group=shared_group,
+        credentials=credentials(settings, "connector"), **options,
     )
     with producer, on_stop_signals(connector.request_stop):
         # Readings are spread by the partition count of telemetry.raw: learn it before
@@ -534,7 +541,8 @@ def run(
         logger.warning("%s: %d records not taken by Kafka; the broker will redeliver them",
                        connector.stage, left)
     elif retire and not connector.failure:
-        forget_session(connector.host, connector.port, connector.client_id)
+        forget_session(connector.host, connector.port, connector.client_id,
+                       credentials(settings, "connector"))
         logger.info("%s: session %s retired", connector.stage, connector.client_id)
     return 1 if connector.failure else 0
 
@@ -551,10 +559,13 @@ def _drain(connector: MqttConnector, quiet_s: float = 3.0) -> None:
     connector.wait(1.0)  # messages the broker sent before it took the unsubscribe
 
 
-def forget_session(host: str, port: int, client_id: str) -> None:
+def forget_session(host: str, port: int, client_id: str,
+                   login: tuple[str, str] | None = None) -> None:
     """Have the broker drop the persistent session of ``client_id`` (and what it queued)."""
     client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
                          clean_session=True, protocol=paho.MQTTv311)
+    if login is not None:
+        client.username_pw_set(*login)
     client.connect(host, port)
     client.disconnect()
 

@@ -50,6 +50,7 @@ from connectors._simformats import (
 )
 from connectors._values import clip
 from pipeline.logs import configure_logging
+from pipeline.mqtt_accounts import login
 from pipeline.settings import Settings
 
 if TYPE_CHECKING:
@@ -284,6 +285,7 @@ def _mqtt_client(settings: Settings, prefix: str, rng: random.Random,
     def on_disconnect(c: paho.Client, u: object, f: object, reason: ReasonCode, p: object) -> None:
         connected.clear()
 
+    login(client, settings, "simulator")
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
     client.reconnect_delay_set(1, 10)

@@ -212,7 +212,10 @@ def _replay_mqtt(settings: Settings, items: list[Located]) -> int:
         return 0
     import paho.mqtt.client as mqtt
 
+    from pipeline.mqtt_accounts import login
+
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="")
+    login(client, settings, "simulator")  # it speaks for the devices whose readings it replays
     client.connect(settings.mqtt_host, settings.mqtt_port)
     client.loop_start()
     failures = 0

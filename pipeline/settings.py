@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     # subscription is restored and queues them). Share only with a broker that keeps them.
     mqtt_connectors: int = Field(1, ge=1, le=16)
     mqtt_share_group: str = Field("", pattern=r"^[^/+#]*$")
+    # Devices and services log in (pipeline/mqtt_accounts.py). True lets clients without
+    # an account publish and subscribe as the simulator may: for a lab, never a network.
+    mqtt_allow_anonymous: bool = False
+    # The API gives MQTT/GSM devices their broker accounts (as webscada-admin). False for a
+    # broker whose accounts are managed elsewhere.
+    mqtt_manage_accounts: bool = True
 
     # API
     api_host: str = "127.0.0.1"

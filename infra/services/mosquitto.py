@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import ClassVar
 
 from infra.services._base import Service, StackError, apt_install, port_answers, wait_for, which
 
-__all__ = ["BROKER_OPTIONS", "Mosquitto"]
+__all__ = ["BROKER_OPTIONS", "DYNSEC_PLUGIN", "Mosquitto"]
+
+# Debian's build of Mosquitto's dynamic-security plugin (package mosquitto).
+DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 
 # The broker's behaviour, here and in infra/mosquitto/mosquitto.conf (Docker): only the
 # listener and the persistence folder differ.
 BROKER_OPTIONS = (
-    "allow_anonymous true",
     "persistence true",
     "autosave_interval 5",
     # QoS 1 messages for a disconnected persistent session (the connector)
@@ -55,15 +59,36 @@ class Mosquitto(Service):
             raise StackError("mosquitto_pub not found after installing mosquitto-clients")
         return found
 
+    def write_accounts(self) -> Path:
+        """The dynamic-security plugin's file: the service accounts (passwords made on the
+        first start), the anonymous setting, the devices' accounts kept. Broker stopped."""
+        from pipeline.mqtt_accounts import broker_config
+
+        path = self.state_dir / "dynamic-security.json"
+        existing = json.loads(path.read_text()) if path.exists() else None
+        fresh = path.with_suffix(".tmp")
+        descriptor = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(broker_config(self.settings, existing), file, indent=1)
+        fresh.replace(path)
+        return path
+
     def start(self) -> None:
         binary = which("mosquitto", "/usr/sbin")
         if binary is None:
             raise StackError("mosquitto not found")
+        if not Path(DYNSEC_PLUGIN).exists():
+            raise StackError(f"Mosquitto's dynamic-security plugin not found at {DYNSEC_PLUGIN}")
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        accounts = self.write_accounts()
         config = self.state_dir / "mosquitto.conf"
+        anonymous = "true" if self.settings.mqtt_allow_anonymous else "false"
         lines = [
             f"listener {self.settings.mqtt_port} {self.settings.mqtt_host}",
             f"persistence_location {self.state_dir}/",
+            f"allow_anonymous {anonymous}",
+            f"plugin {DYNSEC_PLUGIN}",
+            f"plugin_opt_config_file {accounts}",
             *BROKER_OPTIONS,
         ]
         if os.geteuid() == 0:

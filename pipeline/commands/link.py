@@ -51,8 +51,10 @@ class CommandLink:
     def __init__(self, *, host: str, port: int, client_id: str, ack_topics: Sequence[str] = (),
                  share_group: str = "webscada-command-acks", clean_session: bool = False,
                  keepalive_s: int = 30,
-                 puback_timeout_s: float = 10.0, queue_size: int = 1000) -> None:
+                 puback_timeout_s: float = 10.0, queue_size: int = 1000,
+                 credentials: tuple[str, str] | None = None) -> None:
         self.host, self.port, self.client_id = host, port, client_id
+        self._credentials = credentials
         self._subscriptions = [f"$share/{share_group}/{topic}" for topic in ack_topics]
         self._clean_session = clean_session
         self._keepalive_s = keepalive_s
@@ -73,6 +75,8 @@ class CommandLink:
         client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                              client_id=self.client_id, clean_session=self._clean_session,
                              protocol=paho.MQTTv311, manual_ack=True)
+        if self._credentials is not None:
+            client.username_pw_set(*self._credentials)
         client.suppress_exceptions = True
         client.enable_logger(logging.getLogger(f"{__name__}.paho"))
         client.reconnect_delay_set(1, 30)

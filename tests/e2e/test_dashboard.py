@@ -18,6 +18,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, expect
 
+from pipeline.mqtt_accounts import credentials
 from pipeline.settings import ROOT, Settings
 from tests.conftest import WorkerProcess, unique_id, wait_until
 from tests.integration.conftest import create_user
@@ -147,4 +148,5 @@ def _publish_ack(settings: Settings, device: str, command_id: str) -> None:
         json.dumps({"id": command_id, "status": "acked", "detail": "done"}),
         qos=1, hostname=settings.mqtt_host, port=settings.mqtt_port,
         client_id=unique_id("e2e-device"),
+        auth=dict(zip(("username", "password"), credentials(settings, "simulator"), strict=True)),
     )

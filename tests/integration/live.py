@@ -13,6 +13,7 @@ import httpx
 import paho.mqtt.client as mqtt
 import socketio
 
+from pipeline.mqtt_accounts import login
 from pipeline.settings import Settings
 from tests.conftest import unique_id
 from tests.integration.conftest import ApiServer
@@ -25,6 +26,7 @@ def publish(settings: Settings, topic: str, payload: bytes | str | dict[str, Any
     if isinstance(payload, dict):
         payload = json.dumps(payload)
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=unique_id("pub"))
+    login(client, settings, "simulator")
     client.connect(settings.mqtt_host, settings.mqtt_port)
     client.loop_start()
     try:
@@ -38,6 +40,7 @@ def forget_mqtt_session(settings: Settings, client_id: str) -> None:
     """Drop the broker's persistent session of ``client_id`` (a test connector's), so test
     runs do not leave sessions collecting messages for 7 days."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    login(client, settings, "connector")
     client.connect(settings.mqtt_host, settings.mqtt_port)
     client.disconnect()
 

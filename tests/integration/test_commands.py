@@ -28,6 +28,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from api.device_keys import hash_api_key, new_api_key
 from pipeline.commands import store
+from pipeline.mqtt_accounts import login
 from pipeline.settings import Settings, Topics
 from schemas.records import Command, CommandStatus, utcnow
 from tests.conftest import WorkerProcess, stop_process, unique_id, wait_until
@@ -109,6 +110,7 @@ class MqttDevice:
         self._subscribed = threading.Event()
         topics = [(f"devices/{device_id}/commands", 1) for device_id in device_ids]
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=unique_id("dev"))
+        login(self._client, settings, "simulator")  # answers for several devices
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda *args: self._subscribed.set()
         self._client.connect(settings.mqtt_host, settings.mqtt_port)
@@ -401,6 +403,7 @@ async def test_http_device_polls_and_acks(
 def _wipe_session(settings: Settings, client_id: str) -> None:
     """End a persistent MQTT session (and its share of the command acks) for good."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    login(client, settings, "dispatcher")
     client.connect(settings.mqtt_host, settings.mqtt_port)
     client.disconnect()
 

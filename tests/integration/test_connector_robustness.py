@@ -25,6 +25,7 @@ import pytest
 from infra import stack as local_stack
 from infra.services.kafka import Kafka
 from infra.services.mosquitto import Mosquitto
+from pipeline.mqtt_accounts import login
 from pipeline.settings import Settings
 from tests.conftest import WorkerProcess, stop_process, unique_id, wait_until
 from tests.integration.conftest import ApiServer
@@ -55,6 +56,7 @@ def test_mosquitto_restart_during_a_qos1_run_loses_and_doubles_nothing(
     acked: set[int] = set()
     mids: list[int] = []
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=unique_id("pub"))
+    login(publisher, stack, "simulator")
     publisher.on_publish = lambda c, u, mid, rc, p: acked.add(mid)
     publisher.max_inflight_messages_set(200)
     publisher.reconnect_delay_set(1, 2)

@@ -15,6 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import socketio
 
+from pipeline.mqtt_accounts import login
 from pipeline.settings import Settings
 from tests.conftest import WorkerProcess, stop_process, unique_id, wait_until
 from tests.integration.conftest import ApiServer
@@ -28,6 +29,7 @@ Starter = Callable[..., subprocess.Popen[bytes]]
 
 def _publisher(settings: Settings) -> mqtt.Client:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=unique_id("pub"))
+    login(client, settings, "simulator")
     client.max_inflight_messages_set(100)
     client.connect(settings.mqtt_host, settings.mqtt_port)
     client.loop_start()

@@ -49,6 +49,7 @@ from confluent_kafka import Consumer, TopicPartition
 from influxdb_client import InfluxDBClient
 from websockets.asyncio.client import connect as ws_connect
 
+from pipeline.mqtt_accounts import login
 from pipeline.settings import Settings, Topics
 from schemas import CodecError, DeadLetter, InvalidRecordError, iso_utc
 from schemas.batch import decode_batch
@@ -182,6 +183,7 @@ def lorawan_uplink(soak: Soak, dev: Device, kind: str, n: int) -> dict[str, Any]
 
 def mqtt_client(settings: Settings, dev: Device) -> mqtt.Client:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=unique_id("soak-pub"))
+    login(client, settings, "simulator")
     client.on_publish = lambda c, u, mid, rc, p: dev.acked.add(mid)
     client.connect(settings.mqtt_host, settings.mqtt_port)
     client.loop_start()

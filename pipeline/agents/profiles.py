@@ -63,7 +63,8 @@ def split_metrics(metrics: Mapping[str, float], limits: Mapping[str, MetricLimit
 
 
 class ProfileCache:
-    """Each device's metric limits (and the set of known devices), refreshed from PostgreSQL.
+    """Each device's metric limits, the set of known devices and their applications,
+    refreshed from PostgreSQL.
 
     ``refresh()`` runs on a timer; when PostgreSQL is down the last good copy
     stays in use, so validation never stalls on it.
@@ -73,13 +74,16 @@ class ProfileCache:
         self._conninfo = conninfo
         self.limits: dict[str, dict[str, MetricLimits]] = {}
         self.known_devices: set[str] = set()
+        # the application each registered device belongs to: the registry wins over readings
+        self.applications: dict[str, str] = {}
         self.loaded = False
 
     async def refresh(self) -> None:
         try:
             async with await psycopg.AsyncConnection.connect(self._conninfo, connect_timeout=3) as conn:
                 cur = await conn.execute(
-                    "SELECT d.id, p.metrics FROM devices d LEFT JOIN device_profiles p ON p.id = d.profile_id"
+                    "SELECT d.id, p.metrics, d.application_id FROM devices d"
+                    " LEFT JOIN device_profiles p ON p.id = d.profile_id"
                 )
                 rows = await cur.fetchall()
         except psycopg.Error as exc:
@@ -87,6 +91,7 @@ class ProfileCache:
             return
         self.known_devices = {row[0] for row in rows}
         self.limits = {row[0]: limits_from_json(row[1]) for row in rows if row[1]}
+        self.applications = {row[0]: row[2] for row in rows if row[2] is not None}
         self.loaded = True
 
 

@@ -54,6 +54,8 @@ PASSED = Counter("webscada_validate_passed_total", "Readings passed on to teleme
 SAME_TIME = Counter("webscada_validate_same_time_total",
                     "Readings whose device and device time an earlier, different reading had "
                     "(the stores merge them per metric)")
+MOVED = Counter("webscada_validate_application_corrected_total",
+                "Readings whose application was not their registered device's (given the registry's)")
 SELF_REGISTERING = frozenset({"mqtt", "gsm", "lorawan", "bluetooth"})
 STAGE = "agent.validate"
 # readings from which a clean batch is forwarded as it came rather than merged with others
@@ -137,6 +139,12 @@ class Validator:
                     if not kept:
                         continue
                     batch.metrics[i] = kept
+            registered = self._profiles.applications.get(batch.device_id[i])
+            if registered is not None and batch.application_id[i] != registered:
+                # The registry wins: a reading never moves a device into another application.
+                MOVED.inc()
+                batch.application_id[i] = registered
+                changed = True
             self._recent.remember(key)
             instant = (batch.device_id[i], batch.ts[i])
             if instant in self._instants:
@@ -172,6 +180,11 @@ class Validator:
                 and not self._profiles.known_devices.issuperset(devices)
                 and not SELF_REGISTERING.isdisjoint(batch.protocol)):
             return False
+        applications = self._profiles.applications
+        if applications and not applications.keys().isdisjoint(devices) and any(
+                applications.get(device_id, claimed) != claimed
+                for device_id, claimed in zip(batch.device_id, batch.application_id, strict=True)):
+            return False  # a reading claims another application than the registry's
         return batch_passes(batch)
 
     def _reason(self, batch: ReadingBatch, i: int, now_us: int, key: bytes | None) -> str | None:

@@ -20,7 +20,7 @@ from pipeline.settings import Settings
 from tests.conftest import WorkerProcess, stop_process, unique_id, wait_until
 from tests.integration.conftest import ApiServer
 from tests.integration.helpers import dead_letters_for, device_row, influx_points, redis_latest
-from tests.integration.live import forget_mqtt_session
+from tests.integration.live import create_device, forget_mqtt_session
 
 pytestmark = pytest.mark.integration
 
@@ -201,3 +201,28 @@ def test_connector_killed_mid_stream_loses_nothing(
     points = wait_until(all_points, timeout=180, interval=2, what=f"{total} points in InfluxDB")
     assert sorted(int(p["value"]) for p in points) == list(range(total))
     assert len({p["time"] for p in points}) == total
+
+
+def test_a_registered_device_cannot_move_itself_into_another_application(
+    worker: WorkerProcess, connector: subprocess.Popen[bytes], api_server: ApiServer,
+    stack: Settings,
+) -> None:
+    """The registry wins over the ``applicationId`` a reading claims, in every store."""
+    device, key = create_device(api_server, "mqtt", application_id="it-plant")
+    time.sleep(stack.profile_refresh_s + 1)  # validate's copy of the registry has it
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=unique_id("dev"))
+    client.username_pw_set(device, key)  # the device itself, with its own account
+    client.connect(stack.mqtt_host, stack.mqtt_port)
+    client.loop_start()
+    try:
+        client.publish(f"devices/{device}/telemetry",
+                       json.dumps({"applicationId": "other-plant", "telemetry": {"level": 3.0}}),
+                       qos=1).wait_for_publish(10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    latest = wait_until(lambda: redis_latest(stack, device), timeout=20, what="Redis latest")
+    assert latest["application_id"] == "it-plant"
+    points = wait_until(lambda: influx_points(stack, device), timeout=20, what="InfluxDB point")
+    assert {p["application_id"] for p in points} == {"it-plant"}
+    assert device_row(stack, device)["application_id"] == "it-plant"

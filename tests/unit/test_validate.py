@@ -262,3 +262,26 @@ def test_whole_batch_checks_route_as_reading_by_reading_checks() -> None:
         assert routes[0] == routes[1]
         assert routes[0][1] > 0 and routes[0][2] > 0
         assert any(topic == Topics.DLQ for topic, *_ in routes[0][0])
+
+
+def _claiming(device: str, message_id: str, application_id: str | None) -> Telemetry:
+    now = utcnow()
+    return Telemetry(device_id=device, protocol="mqtt", ts=now, received_at=now, message_id=message_id,
+                     metrics={"temperature": 20.0}, application_id=application_id)
+
+
+def test_the_registry_wins_over_the_application_a_reading_claims() -> None:
+    validator = _validator()
+    validator._profiles.applications = {"d1": "plant-a"}
+    spoofed, silent = _claiming("d1", "s1", "plant-b"), _claiming("d1", "s2", None)
+    own, stranger = _claiming("d1", "s3", "plant-a"), _claiming("d9", "s4", "plant-b")
+    for records in ([spoofed, silent, own, stranger],  # single records
+                    [ReadingBatch.of([spoofed, silent, own, stranger])]):  # one batch record
+        validator._recent = RecentIds()
+        events = [_Event(_Message(None, r.encode()))
+                  for r in records]
+        passed = [decode_batch(item.value) for item in validator.route(events)  # type: ignore[arg-type]
+                  if item.topic == Topics.VALID]
+        apps = {batch.message_id[i]: batch.application_id[i] for batch in passed
+                for i in range(len(batch))}
+        assert apps == {"s1": "plant-a", "s2": "plant-a", "s3": "plant-a", "s4": "plant-b"}

@@ -52,8 +52,10 @@ def up(settings: Settings, *, only: set[str] | None = None) -> int:
     return 1 if failures else 0
 
 
-def down(settings: Settings) -> int:
+def down(settings: Settings, *, only: set[str] | None = None) -> int:
     for service in reversed(services(settings)):
+        if only and service.name not in only:
+            continue
         try:
             service.stop()
         except Exception as exc:

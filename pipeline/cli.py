@@ -16,11 +16,14 @@ def _stack(args: argparse.Namespace) -> int:
     from infra import stack
 
     settings = get_settings()
+    only = set(args.only.split(",")) if args.only else None
+    if only and (unknown := only - {service.name for service in stack.services(settings)}):
+        print(f"unknown service(s) {', '.join(sorted(unknown))}")
+        return 2
     if args.action == "up":
-        only = set(args.only.split(",")) if args.only else None
         return stack.up(settings, only=only)
     if args.action == "down":
-        return stack.down(settings)
+        return stack.down(settings, only=only)
     return stack.status(settings)
 
 

@@ -191,9 +191,12 @@ class AlarmStore:
         return [rule_from_row(row) for row in rows]
 
     async def rules_signature(self) -> tuple[Any, ...]:
-        """Changes whenever a rule is created, changed or deleted."""
-        rows = await self.query("SELECT count(*) AS n, max(updated_at) AS latest FROM alarm_rules")
-        return (rows[0]["n"], rows[0]["latest"])
+        """Changes whenever a rule is created, changed or deleted (count and newest change
+        alone would miss a rule deleted and another created with an older change time)."""
+        rows = await self.query(
+            "SELECT count(*) AS n, md5(string_agg(id::text || '@' || updated_at::text, ','"
+            " ORDER BY id)) AS digest FROM alarm_rules")
+        return (rows[0]["n"], rows[0]["digest"])
 
     async def active(self) -> set[Key]:
         rows = await self.query(

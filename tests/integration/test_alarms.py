@@ -355,8 +355,12 @@ def test_worker_posts_webhooks_throttled_per_rule(alarm_worker: AlarmWorker, res
         time.sleep(3)
         produce_readings(stack, device, [20.0, 5.0, 20.0, 5.0, 20.0])  # 3 raises, 2 clears
         # Generous waits: the group may still be rebalancing after the kill -9 test above.
-        wait_until(lambda: history_of(stack, rule["id"]).count("raised") == 3, timeout=60,
-                   what="three raises")
+        try:
+            wait_until(lambda: history_of(stack, rule["id"]).count("raised") == 3, timeout=60,
+                       what="three raises")
+        except pytest.fail.Exception:
+            pytest.fail(f"not three raises within 60 s: history {history_of(stack, rule['id'])},"
+                        f" alarms {alarms_of(stack, rule['id'])}")
         wait_until(lambda: len(receiver.received) >= 2, timeout=60, what="two webhooks")
         time.sleep(3)
     # One raised and one cleared; the repeats fall inside the rule's throttle.

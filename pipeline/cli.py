@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pipeline.logs import configure_logging
 from pipeline.settings import get_settings
@@ -127,6 +128,34 @@ def _dlq(args: argparse.Namespace) -> int:
     return dlq.main_replay(get_settings(), where, dry_run=args.dry_run)
 
 
+def _device(args: argparse.Namespace) -> int:
+    """``webscada device cert ID``: a client certificate of the local CA for mutual TLS."""
+    from infra.tls import issue_device_certificate, tls_files
+    from schemas.records import DEVICE_ID_PATTERN
+
+    if not DEVICE_ID_PATTERN.fullmatch(args.device_id):
+        print(f"device id {args.device_id!r} must match {DEVICE_ID_PATTERN.pattern}")
+        return 2
+    settings = get_settings()
+    try:
+        cert, key = issue_device_certificate(settings.stack_dir, args.device_id)
+    except FileNotFoundError as exc:
+        print(exc)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.device_id}.pem").write_bytes(cert)
+    key_path = out / f"{args.device_id}.key"
+    key_path.touch(mode=0o600, exist_ok=True)
+    key_path.chmod(0o600)
+    key_path.write_bytes(key)
+    ca = tls_files(settings.stack_dir).ca
+    print(f"{out / (args.device_id + '.pem')}\n{key_path}\n"
+          f"connect with the CA {ca} to {settings.mqtt_host}:{settings.mqtt_mtls_port} (mutual TLS;"
+          f" the device needs its MQTT account: register it with protocol mqtt or gsm)")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     from pipeline import __version__
 
@@ -200,6 +229,13 @@ def _parser() -> argparse.ArgumentParser:
     q = dlq_sub.add_parser("show", help="one dead letter in full, as JSON")
     q.add_argument("ref", help="PARTITION:OFFSET, as `dlq list` prints it")
     p.set_defaults(func=_dlq)
+
+    p = sub.add_parser("device", help="device credentials: client certificates for mutual TLS")
+    device_sub = p.add_subparsers(dest="action", required=True)
+    q = device_sub.add_parser("cert", help="issue a client certificate (common name = device id)")
+    q.add_argument("device_id")
+    q.add_argument("--out", default=".", help="folder for ID.pem and ID.key (default: here)")
+    p.set_defaults(func=_device)
 
     p = sub.add_parser("stop", help="stop what `webscada run` started, and the stack")
     p.set_defaults(func=_stop)

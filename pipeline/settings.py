@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     # Devices and services log in (pipeline/mqtt_accounts.py). True lets clients without
     # an account publish and subscribe as the simulator may: for a lab, never a network.
     mqtt_allow_anonymous: bool = False
+    # TLS listeners of the local broker (certificates from .stack/tls, infra/tls.py): devices
+    # with a password on mqtt_tls_port, devices with a client certificate (common name =
+    # device id, `webscada device cert ID`) on mqtt_mtls_port. 0 leaves one out.
+    mqtt_tls_port: int = Field(8883, ge=0, le=65535)
+    mqtt_mtls_port: int = Field(8884, ge=0, le=65535)
     # The API gives MQTT/GSM devices their broker accounts (as webscada-admin). False for a
     # broker whose accounts are managed elsewhere.
     mqtt_manage_accounts: bool = True

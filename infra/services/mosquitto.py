@@ -73,6 +73,24 @@ class Mosquitto(Service):
         fresh.replace(path)
         return path
 
+    def _tls_listeners(self) -> list[str]:
+        """MQTT over TLS (password login) and mutual TLS (the certificate's common name is
+        the user name: no password asked, the account's ACLs apply)."""
+        from infra.tls import ensure_server_files
+
+        settings = self.settings
+        if not (settings.mqtt_tls_port or settings.mqtt_mtls_port):
+            return []
+        files = ensure_server_files(settings.stack_dir, [settings.mqtt_host])
+        certificates = [f"cafile {files.ca}", f"certfile {files.server}", f"keyfile {files.server_key}"]
+        lines: list[str] = []
+        if settings.mqtt_tls_port:
+            lines += [f"listener {settings.mqtt_tls_port} {settings.mqtt_host}", *certificates]
+        if settings.mqtt_mtls_port:
+            lines += [f"listener {settings.mqtt_mtls_port} {settings.mqtt_host}", *certificates,
+                      "require_certificate true", "use_identity_as_username true"]
+        return lines
+
     def start(self) -> None:
         binary = which("mosquitto", "/usr/sbin")
         if binary is None:
@@ -91,6 +109,7 @@ class Mosquitto(Service):
             f"plugin_opt_config_file {accounts}",
             *BROKER_OPTIONS,
         ]
+        lines += self._tls_listeners()
         if os.geteuid() == 0:
             # Keep the files under .stack writable: a dev broker on loopback only.
             lines.append("user root")

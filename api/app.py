@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import socketio
 import uvicorn
@@ -22,12 +24,15 @@ from api.auth import Authenticator, JwtAuthenticator
 from api.commands import command_routes
 from api.config import ApiConfig, load_api_config
 from api.connlimit import ConnectionLimiter
+from api.connwatch import ConnectionWatch
+from api.device_keys import current_keys
 from api.device_registry import device_registry_routes
 from api.device_ws import device_socket_route
 from api.devices import device_routes
 from api.errors import exception_handlers
 from api.health import health_endpoint
 from api.history import history_routes
+from api.hygiene import ResponseHygiene
 from api.ingest import ingest_routes, open_ingest
 from api.kafkastats import KafkaStats
 from api.login import login_routes
@@ -43,18 +48,15 @@ from api.useradmin import user_admin_routes
 from api.users import UserStore
 from pipeline.settings import Settings
 
-__all__ = ["STATIC_DIR", "create_app", "main"]
+__all__ = ["STATIC_DIR", "create_app", "main", "starlette_of"]
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
-# The dashboard loads nothing from elsewhere; say so, so a browser enforces it.
-_DASHBOARD_HEADERS = {
-    "Cache-Control": "no-cache",
-    "Content-Security-Policy": "default-src 'self'; connect-src 'self'; frame-ancestors 'none'",
-}
+# Its Content-Security-Policy comes with every HTML answer (api.hygiene).
+_DASHBOARD_HEADERS = {"Cache-Control": "no-cache"}
 
 
 @describe(content_type="text/html", response={"type": "string"}, errors=())
@@ -84,11 +86,15 @@ def create_app(
     )
     auth = authenticator or JwtAuthenticator(tokens)
     ws_limiter = ConnectionLimiter(config.ws_max_per_user)
+    # Open connections by the user or device key they were opened with (api.connwatch).
+    user_watch: ConnectionWatch[str] = ConnectionWatch("user")
+    device_watch: ConnectionWatch[tuple[str, str]] = ConnectionWatch("device")
     sio, fanout = create_socketio(
         auth,
         services=lambda: getattr(app.state, "services", None),
         allowed_origins=config.allowed_origins,
         connection_limiter=ws_limiter,
+        user_watch=user_watch,
     )
 
     @contextlib.asynccontextmanager
@@ -99,10 +105,18 @@ def create_app(
                                   max_waiting=config.password_hash_max_waiting)
             app.state.users = UserStore(services.pool.connection, passwords)
             app.state.kafka_stats = KafkaStats(settings.kafka_bootstrap)
+            every = config.ws_credential_check_s
+            watchers = [asyncio.create_task(device_watch.run(
+                functools.partial(current_keys, services.pool), every), name="device-watch")]
+            if isinstance(auth, JwtAuthenticator):  # its tokens name users of the users table
+                watchers.append(asyncio.create_task(
+                    user_watch.run(app.state.users.enabled, every), name="user-watch"))
             log.info("API ready on http://%s:%d", settings.api_host, settings.api_port)
             try:
                 yield
             finally:
+                for watcher in watchers:
+                    watcher.cancel()
                 passwords.close()
 
     routes: list[BaseRoute] = [
@@ -130,8 +144,19 @@ def create_app(
     app.state.api_config = config
     app.state.tokens = tokens
     app.state.ws_limiter = ws_limiter
+    app.state.user_watch = user_watch
+    app.state.device_watch = device_watch
     app.state.sio = sio
-    return cast(ASGIApp, socketio.ASGIApp(sio, other_asgi_app=app, socketio_path="socket.io"))
+    return ResponseHygiene(
+        cast(ASGIApp, socketio.ASGIApp(sio, other_asgi_app=app, socketio_path="socket.io")))
+
+
+def starlette_of(app: ASGIApp) -> Starlette:
+    """The Starlette app (routes, state) inside what :func:`create_app` returns."""
+    inner: Any = app
+    while not isinstance(inner, Starlette):  # ResponseHygiene.app, then socketio's other app
+        inner = inner.other_asgi_app if hasattr(inner, "other_asgi_app") else inner.app
+    return inner
 
 
 def main(settings: Settings) -> int:

@@ -71,6 +71,9 @@ class ApiEnv(BaseSettings):
     # byte (or of the connection), its body within http_body_timeout_s of the headers.
     http_header_timeout_s: float = Field(10.0, gt=0)
     http_body_timeout_s: float = Field(30.0, gt=0)
+    # Open Socket.IO and WebSocket connections are closed within this many seconds of their
+    # user being deleted or disabled (or their device deleted or given a new key).
+    ws_credential_check_s: float = Field(10.0, gt=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,7 @@ class ApiConfig:
     ws_replay_max_records: int = 1000
     http_header_timeout_s: float = 10.0
     http_body_timeout_s: float = 30.0
+    ws_credential_check_s: float = 10.0
 
     @property
     def login_limits(self) -> LoginLimits:
@@ -174,4 +178,5 @@ _LATER_FIELDS = (
     "login_user_delay_after", "login_user_max_delay_s", "login_user_ceiling",
     "login_known_address_ttl_s", "password_hash_workers", "password_hash_max_waiting",
     "ws_max_per_user", "ws_replay_max_records", "http_header_timeout_s", "http_body_timeout_s",
+    "ws_credential_check_s",
 )

@@ -50,6 +50,12 @@ class DeviceSocket:
         async with self._lock:
             await self.websocket.send_text(text)
 
+    async def close(self, code: int, reason: str) -> None:
+        """Close the socket (between frames); nothing when it is closed already."""
+        async with self._lock:
+            with contextlib.suppress(RuntimeError, OSError):
+                await self.websocket.close(code, reason)
+
     async def send_command(self, command: Mapping[str, Any]) -> None:
         """A command frame: ``{"type": "command", **command}``."""
         await self.send_json({"type": "command", **command})

@@ -33,6 +33,7 @@ __all__ = [
     "DeviceUnauthorized",
     "authenticate_device",
     "check_device_key",
+    "current_keys",
     "hash_api_key",
     "new_api_key",
     "presented_key",
@@ -113,6 +114,18 @@ async def check_device_key(
         raise Forbidden("API key of another device",
                         f"this key belongs to another device, not to {device_id}")
     raise DeviceUnauthorized("invalid API key", "no device has this key")
+
+
+async def current_keys(
+    pool: AsyncConnectionPool[Any], credentials: list[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Those ``(device_id, key_hash)`` pairs that are still a device and its key (one query;
+    raises what the pool raises when PostgreSQL is away)."""
+    async with pool.connection(timeout=5.0) as conn:
+        cursor = await conn.execute("SELECT id, api_key_hash FROM devices WHERE id = ANY(%s)",
+                                    (sorted({device_id for device_id, _ in credentials}),))
+        rows = await cursor.fetchall()
+    return {(str(device_id), str(digest)) for device_id, digest in rows} & set(credentials)
 
 
 async def authenticate_device(conn: HTTPConnection, device_id: str) -> DeviceIdentity:

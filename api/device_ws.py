@@ -1,9 +1,13 @@
 """``/ws/devices/{device_id}``: a device on a WebSocket sends readings and gets commands.
 
 The API key comes as the ``X-API-Key`` header or the ``api_key`` query
-parameter. A bad key closes the socket right after the handshake: 4401 (no or
-unknown key), 4403 (another device's key), 4422 (bad device id), 1013
-(PostgreSQL unavailable, try again).
+parameter. A handshake with an ``Origin`` not in ``WEBSCADA_ALLOWED_ORIGINS`` (a
+browser page of another site) is refused with HTTP 403; devices send none. A
+bad key closes the socket right after the handshake: 4401 (no or unknown key),
+4403 (another device's key), 4422 (bad device id), 1013 (PostgreSQL
+unavailable, try again). A connected device whose key is withdrawn (the device
+deleted or given a new key) is closed with 4401 within ``ws_credential_check_s``
+(:mod:`api.connwatch`).
 
 Frames up, each answered by one JSON frame, in order:
 
@@ -36,8 +40,10 @@ from psycopg_pool import PoolTimeout
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from api.device_keys import DeviceIdentity, authenticate_device
-from api.errors import ApiError
+from api.access import origin_allowed
+from api.connwatch import ConnectionWatch
+from api.device_keys import DeviceIdentity, authenticate_device, hash_api_key, presented_key
+from api.errors import ApiError, server_error_body
 from api.ingest import IngestRefused, IngestState, accept_readings, check_rate
 from api.ingest_kafka import KafkaUnavailable
 from api.services import services_of
@@ -54,6 +60,7 @@ __all__ = ["device_socket_route"]
 log = logging.getLogger(__name__)
 
 _CLOSE_FOR_STATUS = {401: 4401, 403: 4403}
+_WITHDRAWN = "API key withdrawn: the device was deleted or given a new key"
 _MAX_DETAIL = 1000
 _background: set[asyncio.Task[None]] = set()  # referenced until done
 
@@ -81,6 +88,9 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
 
 async def device_socket(websocket: WebSocket) -> None:
     device_id: str = websocket.path_params["device_id"]
+    if not origin_allowed(websocket):  # a page of another origin: refused as on /ws/topics
+        await websocket.close(1008)  # before the accept: the handshake is answered 403
+        return
     await websocket.accept()  # close codes need an open socket
     if not DEVICE_ID_PATTERN.fullmatch(device_id):
         await _close(websocket, 4422, f"device id must match {DEVICE_ID_PATTERN.pattern}")
@@ -94,6 +104,9 @@ async def device_socket(websocket: WebSocket) -> None:
     socket = state.sockets.add(device_id, websocket)
     log.info("device %s connected over WebSocket", device_id)
     _announce(state, device_id, "device_online", "connected over WebSocket")
+    watch: ConnectionWatch[tuple[str, str]] | None = getattr(websocket.app.state, "device_watch", None)
+    credential = (device_id, hash_api_key(presented_key(websocket) or ""))
+    watched = watch.add(credential, lambda: socket.close(4401, _WITHDRAWN)) if watch else None
     try:
         await state.sockets.announce(socket)
         while True:
@@ -109,6 +122,8 @@ async def device_socket(websocket: WebSocket) -> None:
     except (RuntimeError, OSError) as exc:  # the device went away while we wrote
         log.info("device %s socket ended: %s", device_id, exc)
     finally:
+        if watch is not None and watched is not None:
+            watch.remove(credential, watched)
         state.sockets.remove(socket)
         log.info("device %s disconnected", device_id)
         _announce(state, device_id, "device_offline", "WebSocket closed")
@@ -132,8 +147,12 @@ async def _answer(
             received_at=utcnow(), idempotency_key=None, max_readings=config.max_readings,
         )
     except IngestRefused as refused:
-        return {"ok": False, "status": refused.status, "error": refused.error,
-                "detail": refused.detail}
+        detail = refused.detail
+        if refused.status >= 500:  # as over HTTP: no internal text to the client, it goes to the log
+            log.info("device %s: frame answered %d %s: %s", identity.device_id, refused.status,
+                     refused.error, detail)
+            detail = server_error_body(refused.status, refused.error, None)["detail"]
+        return {"ok": False, "status": refused.status, "error": refused.error, "detail": detail}
     return {"ok": True, "message_ids": [t.message_id for t in readings]}
 
 

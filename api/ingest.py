@@ -137,8 +137,9 @@ class IngestRefused(Exception):
         self.status, self.error, self.detail = status, error, detail
         self.headers = dict(headers or {})
 
-    def response(self) -> JSONResponse:
-        return error_response(self.status, self.error, self.detail, self.headers)
+    def response(self, conn: HTTPConnection | None = None) -> JSONResponse:
+        """The HTTP answer (``conn``: the request, whose id a 5xx answer carries)."""
+        return error_response(self.status, self.error, self.detail, self.headers, conn=conn)
 
 
 async def check_rate(conn: HTTPConnection, config: IngestConfig, device_id: str) -> None:
@@ -315,7 +316,7 @@ async def ingest_telemetry(request: Request) -> Response:
             idempotency_key=key, max_readings=config.max_readings,
         )
     except IngestRefused as refused:
-        return refused.response()
+        return refused.response(request)
     return JSONResponse({"accepted": len(readings),
                          "message_ids": [t.message_id for t in readings]}, status_code=202)
 

@@ -41,7 +41,6 @@ __all__ = ["MAX_BODY_BYTES", "login_routes"]
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 4096
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _TOKEN = {
     "type": "object",
     "required": ["access_token", "token_type", "expires_in", "refresh_token"],
@@ -92,8 +91,7 @@ async def _token_answer(request: Request, user: User, refresh_token: str) -> Res
             "expires_in": tokens.ttl_s,
             "refresh_token": refresh_token,
         },
-        headers=_NO_STORE,
-    )
+    )  # Cache-Control: no-store, as every /api/ answer (api.hygiene)
 
 
 def _guarded_by_services(method: str, path: str, exc: Exception) -> ServiceUnavailable:

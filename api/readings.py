@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from api.errors import InvalidField
+from api.jsonbody import parse_json
 from connectors._json import loads
 from connectors._values import kind
 from connectors.errors import BadMessageIdError, BadTimestampError, PayloadError
@@ -27,6 +29,7 @@ __all__ = ["FieldError", "InvalidReadings", "parse_readings"]
 _APPLICATION_KEY = "applicationId"
 _MESSAGE_KEY = "messageId"
 _FIELD_OF_ERROR = {BadTimestampError: "timestamp", BadMessageIdError: _MESSAGE_KEY}
+_ESCAPED_NUL = b"\\u0000"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,8 @@ def parse_readings(
     get distinct times: no two readings of one request are one point in InfluxDB.
     """
     items, single = _items(body, max_readings)
+    if _ESCAPED_NUL in body:  # rare: only then are the strings walked
+        _refuse_nul(items)
     readings: list[ReadingRow] = []
     errors: list[FieldError] = []
     code: str | None = None
@@ -126,6 +131,21 @@ def parse_readings(
     return readings
 
 
+def _refuse_nul(items: list[Any]) -> None:
+    """A NUL in any key or string refuses the body, as on every other route of the API
+    (:mod:`api.jsonbody`): PostgreSQL cannot store it. A raw NUL is not JSON already."""
+    stack: list[Any] = list(items)
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str) and "\x00" in value:
+            raise InvalidReadings([FieldError(None, "body", "a string holds a NUL character")])
+        if isinstance(value, dict):
+            stack.extend(value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
 def _canonical(item: dict[str, Any]) -> bytes:
     """An array item's own bytes, keys sorted, from which its message id is derived (the
     same item gives the same id within a process's duplicate window)."""
@@ -135,16 +155,31 @@ def _canonical(item: dict[str, Any]) -> bytes:
         return json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _why(body: bytes, exc: PayloadError) -> str:
+    """What is wrong with the body, without naming an exception class: where the JSON
+    reader itself gave up (nesting too deep, an integer of thousands of digits), the
+    message of the API's own body reader (:func:`api.jsonbody.parse_json`)."""
+    cause = exc.__cause__
+    if isinstance(cause, RecursionError) or (isinstance(cause, ValueError) and not isinstance(
+            cause, json.JSONDecodeError | UnicodeDecodeError)):
+        try:
+            parse_json(body)
+        except InvalidField as refused:
+            return f"body is not JSON: {refused.detail['message']}"
+        return "body is not JSON"
+    return str(exc)
+
+
 def _items(body: bytes, max_readings: int) -> tuple[list[Any], bool]:
     if body.lstrip()[:1] != b"[":
         try:
             return [load_object(body)], True
         except PayloadError as exc:
-            raise InvalidReadings([FieldError(None, "body", str(exc))], exc.code) from exc
+            raise InvalidReadings([FieldError(None, "body", _why(body, exc))], exc.code) from exc
     try:
         value = loads(body, what="body")
     except PayloadError as exc:
-        raise InvalidReadings([FieldError(None, "body", str(exc))], exc.code) from exc
+        raise InvalidReadings([FieldError(None, "body", _why(body, exc))], exc.code) from exc
     if not isinstance(value, list):  # e.g. "[1] x" is caught above; kept for safety
         raise InvalidReadings([FieldError(None, "body", "body must be a reading or an array")],
                               "not_an_object")

@@ -8,7 +8,8 @@ Events sent to clients (by :class:`api.streaming.TopicTail` through
 A subscription is checked on the server: an application room needs that
 application granted (admins: all), a device room needs the device to be visible,
 ``alarms`` and ``system`` span every application and are for admins. A connection ends when
-its access token expires (the client reconnects with a fresh one). One user holds
+its access token expires (the client reconnects with a fresh one), and within
+``ws_credential_check_s`` of its user being deleted or disabled. One user holds
 at most ``ws_max_per_user`` connections (with its ``/ws/topics`` ones) per process;
 beyond, the connection is refused with ``too many connections``. A refused
 subscription joins nothing. A new subscription first gets a snapshot: one
@@ -30,6 +31,7 @@ import socketio
 from api.access import may_join
 from api.auth import Authenticator, Principal, bearer_token
 from api.connlimit import ConnectionLimiter
+from api.connwatch import ConnectionWatch
 from api.errors import ServiceUnavailable
 from api.fanout import Fanout
 from api.metrics import SOCKETIO_CLIENTS
@@ -55,9 +57,11 @@ def create_socketio(
     services: Callable[[], Services | None] = lambda: None,
     allowed_origins: Iterable[str] | None = None,
     connection_limiter: ConnectionLimiter | None = None,
+    user_watch: ConnectionWatch[str] | None = None,
 ) -> tuple[socketio.AsyncServer, Fanout]:
     """A Socket.IO server (ASGI mode) whose clients must present a valid token, and the
-    fan-out the live tail emits to. ``services`` gives the running app's services."""
+    fan-out the live tail emits to. ``services`` gives the running app's services;
+    ``user_watch`` disconnects the clients of users removed or disabled meanwhile."""
     origins = sorted(allowed_origins) if allowed_origins is not None else None
     sio = socketio.AsyncServer(
         async_mode="asgi", logger=False, engineio_logger=False,
@@ -65,6 +69,7 @@ def create_socketio(
     )
     fanout = Fanout(sio)
     expiry: dict[str, asyncio.TimerHandle] = {}
+    watched: dict[str, tuple[str, int]] = {}  # sid -> (user name, its number in user_watch)
 
     async def principal(sid: str) -> Principal | None:
         session = await sio.get_session(sid)
@@ -84,6 +89,8 @@ def create_socketio(
                  "detail": f"at most {connection_limiter.per_user} connections per user"}
             )
         await sio.save_session(sid, {"principal": who})
+        if user_watch is not None:
+            watched[sid] = (who.subject, user_watch.add(who.subject, lambda: sio.disconnect(sid)))
         fanout.add_client(sid)
         SOCKETIO_CLIENTS.inc()
         expires = getattr(authenticator, "expires_at", None)
@@ -99,6 +106,8 @@ def create_socketio(
         timer = expiry.pop(sid, None)
         if timer is not None:
             timer.cancel()
+        if user_watch is not None and sid in watched:
+            user_watch.remove(*watched.pop(sid))
         who = await principal(sid)
         if connection_limiter is not None and who is not None:
             connection_limiter.release(who.subject)

@@ -14,8 +14,9 @@ nothing is read or decoded for it.
 ``from=earliest`` replays at most ``ws_replay_max_records`` records (settings)
 before the end of each partition, not the whole retention. One user holds at most
 ``ws_max_per_user`` connections (with its Socket.IO connections) per process. A
-connection ends when its access token expires (4401); the client reconnects
-with a fresh one.
+connection ends when its access token expires (4401; the client reconnects
+with a fresh one), and within ``ws_credential_check_s`` of its user being
+deleted or disabled (4401, ``user removed or disabled``; :mod:`api.connwatch`).
 
 A handshake from a browser page of another origin (``Origin`` not in the
 configured list) is refused with HTTP 403. Close codes: 4401 bad, missing or
@@ -41,6 +42,7 @@ from api.access import origin_allowed
 from api.auth import Principal, authenticator_of, websocket_token
 from api.config import ApiConfig
 from api.connlimit import ConnectionLimiter
+from api.connwatch import ConnectionWatch
 from api.metrics import WS_CLIENTS, WS_DROPPED, WS_FRAMES
 from api.payloads import dumps, record_views, topic_frame
 from pipeline.settings import Settings, Topics
@@ -159,16 +161,16 @@ async def _expire(expires_at: float | None) -> None:
 
 async def _stream(
     websocket: WebSocket, consumer: AIOKafkaConsumer | None, topic: str, size: int,
-    principal: Principal, expires_at: float | None,
+    principal: Principal, expires_at: float | None, revoked: asyncio.Event,
 ) -> None:
-    """Until the client leaves, the token expires or Kafka fails. Without a consumer
-    (a user who can see nothing) nothing is read."""
+    """Until the client leaves, the token expires, the user is removed (``revoked``) or
+    Kafka fails. Without a consumer (a user who can see nothing) nothing is read."""
     queue: DropOldestQueue[str] = DropOldestQueue(size)
     pump = (asyncio.create_task(_pump(consumer, topic, queue, principal)) if consumer is not None
             else asyncio.create_task(asyncio.Event().wait()))
     expiry = asyncio.create_task(_expire(expires_at))
     tasks = [pump, asyncio.create_task(_send(websocket, topic, queue)),
-             asyncio.create_task(_watch(websocket)), expiry]
+             asyncio.create_task(_watch(websocket)), expiry, asyncio.create_task(revoked.wait())]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -180,9 +182,11 @@ async def _stream(
     pump_error = results[0]
     if isinstance(pump_error, Exception):  # the pump only ends by failing (or being cancelled)
         log.warning("ws tail %s: reading Kafka failed: %r", topic, pump_error)
-        await _close(websocket, 1011, f"Kafka error: {type(pump_error).__name__}")
+        await _close(websocket, 1011, "reading Kafka failed")  # the log has the error
     elif expiry.done() and not expiry.cancelled():
         await _close(websocket, 4401, "token expired: reconnect with a fresh one")
+    elif revoked.is_set():
+        await _close(websocket, 4401, "user removed or disabled")
     else:
         await _close(websocket, 1000, "")
 
@@ -228,12 +232,21 @@ def topic_stream_route(
         if not limiter.acquire(principal.subject):
             await _close(websocket, 4429, f"at most {limiter.per_user} connections per user")
             return
+        revoked = asyncio.Event()
+
+        async def revoke() -> None:
+            revoked.set()
+
+        watch: ConnectionWatch[str] | None = getattr(websocket.app.state, "user_watch", None)
         try:
-            await _serve(websocket, topic, start, principal)
+            held = watch.holding(principal.subject, revoke) if watch else contextlib.nullcontext()
+            with held:
+                await _serve(websocket, topic, start, principal, revoked)
         finally:
             limiter.release(principal.subject)
 
-    async def _serve(websocket: WebSocket, topic: str, start: str, principal: Principal) -> None:
+    async def _serve(websocket: WebSocket, topic: str, start: str, principal: Principal,
+                     revoked: asyncio.Event) -> None:
         settings: Settings = websocket.app.state.settings
         config: ApiConfig = websocket.app.state.api_config
         expires = getattr(authenticator_of(websocket), "expires_at", None)
@@ -241,7 +254,7 @@ def topic_stream_route(
         WS_CLIENTS.labels(topic).inc()
         if not principal.is_admin and not principal.applications:
             try:  # nothing it may see: no consumer, nothing read or decoded
-                await _stream(websocket, None, topic, 1, principal, expires_at)
+                await _stream(websocket, None, topic, 1, principal, expires_at, revoked)
             finally:
                 WS_CLIENTS.labels(topic).dec()
             return
@@ -257,7 +270,7 @@ def topic_stream_route(
             async with asyncio.timeout(_START_TIMEOUT_S):
                 await consumer.start()
                 await _start_at(consumer, start, config.ws_replay_max_records)
-            await _stream(websocket, consumer, topic, queue_size, principal, expires_at)
+            await _stream(websocket, consumer, topic, queue_size, principal, expires_at, revoked)
         except (KafkaError, TimeoutError) as exc:
             log.warning("ws tail %s: cannot reach Kafka: %s", topic, exc)
             await _close(websocket, 1013, "Kafka unavailable, try again later")

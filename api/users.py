@@ -94,6 +94,14 @@ class UserStore:
         return [User(int(i), name, role, frozenset(apps), bool(disabled))
                 for i, name, role, disabled, apps in rows]
 
+    async def enabled(self, usernames: list[str]) -> set[str]:
+        """Those of ``usernames`` that exist and are not disabled (one query)."""
+        async with self._connect() as conn:
+            cursor = await conn.execute(
+                "SELECT username FROM users WHERE username = ANY(%s) AND NOT disabled", (usernames,))
+            rows = await cursor.fetchall()
+        return {str(row[0]) for row in rows}
+
     async def get(self, username: str) -> User | None:
         found = await self._find(username)
         return found[0] if found else None

@@ -29,7 +29,7 @@ from starlette.routing import Route, WebSocketRoute
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from api.app import create_app
+from api.app import create_app, starlette_of
 from api.auth import AUTH_ATTRIBUTE
 from api.config import load_api_config
 from pipeline.settings import Settings, Topics
@@ -49,10 +49,8 @@ WRITES = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 def _routes(settings: Settings) -> list[BaseRouteInfo]:
-    app = create_app(settings)
-    starlette_app = app.other_asgi_app  # type: ignore[attr-defined]
     found = []
-    for route in starlette_app.routes:
+    for route in starlette_of(create_app(settings)).routes:
         if isinstance(route, Route | WebSocketRoute):
             path = route.path
             for name, convertor in route.param_convertors.items():

@@ -16,6 +16,7 @@ from starlette.routing import Route
 from api.errors import BadRequest, InvalidField, exception_handlers
 from api.history import parse_history_query
 from api.jsonbody import MAX_DEPTH, UnsupportedMediaType, check_json_type, json_object, parse_json
+from api.readings import InvalidReadings, parse_readings
 
 NOW = datetime(2026, 5, 6, 12, 0, tzinfo=UTC)
 
@@ -163,3 +164,27 @@ def test_history_times_beyond_influxdbs_range_are_422_not_an_overflow(start: str
 def test_history_malformed_times_stay_400() -> None:
     with pytest.raises(BadRequest):
         parse_history_query("dev-1", {"metric": "t", "start": "-1y"}, max_points=10_000, now=NOW)
+
+
+# ---- HTTP ingest: its own parser, the same refusals without naming exception classes ------------
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    (b'{"t": 1, "status": "a\\u0000b"}', "a string holds a NUL character"),
+    (b'[{"t": 1, "gateway": "\\u0000"}]', "a string holds a NUL character"),
+    (b"[" * 5000 + b"]" * 5000, f"nested deeper than {MAX_DEPTH} levels"),
+    (b'{"t": ' + b"9" * 5000 + b"}", "beyond 64 bits"),
+])
+def test_ingest_refuses_nul_and_names_no_exception_class(body: bytes, says: str) -> None:
+    with pytest.raises(InvalidReadings) as refused:
+        parse_readings(body, device_id="dev-1", protocol="http", received_at=NOW, application_id=None)
+    message = refused.value.detail()["message"]
+    assert says in message
+    assert "Error" not in message  # no RecursionError, ValueError ...
+
+
+def test_ingest_keeps_a_backslash_u0000_that_is_text() -> None:
+    body = b'{"t": 1, "status": "C:\\\\u0000"}'  # an escaped backslash, then the text u0000
+    (row,) = parse_readings(body, device_id="dev-1", protocol="http", received_at=NOW,
+                            application_id=None)
+    assert row is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import ssl
 import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,6 +22,7 @@ from starlette.responses import JSONResponse
 from api.metrics import DEPENDENCY_UP
 from api.openapi import describe
 from api.services import services_of
+from pipeline.mqtt_accounts import broker_ca
 from pipeline.settings import Settings
 
 __all__ = [
@@ -136,10 +138,11 @@ def _mqtt_connect_packet(client_id: str, keepalive_s: int = 5) -> bytes:
     return bytes([0x10, remaining]) + variable + payload
 
 
-async def check_mqtt(host: str, port: int) -> None:
+async def check_mqtt(host: str, port: int, ca: str | None = None) -> None:
     """TCP connect, MQTT 3.1.1 CONNECT (clean session, no account), expect a CONNACK (accepted,
     or refused for want of an account), DISCONNECT."""
-    reader, writer = await asyncio.open_connection(host, port)
+    tls = ssl.create_default_context(cafile=ca) if ca else None
+    reader, writer = await asyncio.open_connection(host, port, ssl=tls)
     try:
         writer.write(_mqtt_connect_packet(f"webscada-health-{secrets.token_hex(4)}"))
         await writer.drain()
@@ -184,7 +187,7 @@ async def health_endpoint(request: Request) -> JSONResponse:
         "postgres": lambda: check_postgres(services.pool),
         "redis": lambda: check_redis(services.redis),
         "influxdb": lambda: check_influxdb(services.http, settings.influx_url),
-        "mqtt": lambda: check_mqtt(settings.mqtt_host, settings.mqtt_port),
+        "mqtt": lambda: check_mqtt(settings.mqtt_host, settings.mqtt_port, broker_ca(settings)),
     }
     results = await run_checks(checks)
     for name, result in results.items():

@@ -59,7 +59,7 @@ from connectors.payload import ParsedReading, dead_letter_for_error, parse_readi
 from connectors.producer import Delivery, RecordProducer
 from connectors.reading import ReadingRow
 from pipeline.logs import configure_logging
-from pipeline.mqtt_accounts import credentials
+from pipeline.mqtt_accounts import broker_ca, credentials
 from pipeline.settings import Settings, Topics
 from schemas.records import SystemEvent
 
@@ -141,9 +141,11 @@ class MqttConnector:
         retry_delay_s: float = 1.0,
         client: paho.Client | None = None,
         credentials: tuple[str, str] | None = None,
+        tls_ca: str | None = None,
     ) -> None:
         self.host, self.port, self.client_id = host, port, client_id
         self._credentials = credentials
+        self._tls_ca = tls_ca
         self.prefix, self.protocol = prefix, protocol
         self.topic_filter = subscription or f"{prefix}/+/telemetry"
         self.subscription = (f"$share/{shared_group}/{self.topic_filter}" if shared_group
@@ -184,6 +186,7 @@ class MqttConnector:
     ) -> MqttConnector:
         options.setdefault("client_id", settings.mqtt_client_id)
         options.setdefault("credentials", credentials(settings, "connector"))
+        options.setdefault("tls_ca", broker_ca(settings))
         return cls(producer=producer, host=settings.mqtt_host, port=settings.mqtt_port, **options)
 
     @property
@@ -217,6 +220,8 @@ class MqttConnector:
                                  protocol=paho.MQTTv311, manual_ack=True)
         if self._credentials is not None:
             client.username_pw_set(*self._credentials)
+        if self._tls_ca is not None:
+            client.tls_set(ca_certs=self._tls_ca)
         # Last resort only: every known failure is handled in the callbacks themselves.
         client.suppress_exceptions = True
         client.enable_logger(logging.getLogger(f"{__name__}.paho"))
@@ -521,7 +526,7 @@ def run(
         producer=producer, prefix=prefix, protocol=protocol, parser=parser,
         client_id=client_id or settings.mqtt_client_id, subscription=subscription,
         translator=translator, shared_group=shared_group,
-        credentials=credentials(settings, "connector"), **options,
+        credentials=credentials(settings, "connector"), tls_ca=broker_ca(settings), **options,
     )
     with producer, on_stop_signals(connector.request_stop):
         # Readings are spread by the partition count of telemetry.raw: learn it before
@@ -542,7 +547,7 @@ def run(
                        connector.stage, left)
     elif retire and not connector.failure:
         forget_session(connector.host, connector.port, connector.client_id,
-                       credentials(settings, "connector"))
+                       credentials(settings, "connector"), broker_ca(settings))
         logger.info("%s: session %s retired", connector.stage, connector.client_id)
     return 1 if connector.failure else 0
 
@@ -560,12 +565,14 @@ def _drain(connector: MqttConnector, quiet_s: float = 3.0) -> None:
 
 
 def forget_session(host: str, port: int, client_id: str,
-                   login: tuple[str, str] | None = None) -> None:
+                   login: tuple[str, str] | None = None, tls_ca: str | None = None) -> None:
     """Have the broker drop the persistent session of ``client_id`` (and what it queued)."""
     client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
                          clean_session=True, protocol=paho.MQTTv311)
     if login is not None:
         client.username_pw_set(*login)
+    if tls_ca is not None:
+        client.tls_set(ca_certs=tls_ca)
     client.connect(host, port)
     client.disconnect()
 

@@ -53,6 +53,7 @@ __all__ = [
     "AccountAdmin",
     "AccountError",
     "ServiceAccount",
+    "broker_ca",
     "broker_config",
     "command_line",
     "credentials",
@@ -149,16 +150,29 @@ def credentials(settings: Settings, account: str) -> tuple[str, str]:
     return SERVICE_ACCOUNTS[account].username, service_password(settings, account)
 
 
+def broker_ca(settings: Settings) -> str | None:
+    """The CA file to check the broker with when ``mqtt_tls`` (its listener on ``mqtt_port``
+    speaks TLS), else None."""
+    if not settings.mqtt_tls:
+        return None
+    return str(settings.mqtt_ca_file or settings.stack_dir / "tls" / "ca.pem")
+
+
 def command_line(settings: Settings, account: str) -> list[str]:
     """``mosquitto_pub``/``mosquitto_sub`` options logging in as service account ``account``
     (the password shows in the process list: for tools on a developer's machine)."""
     username, password = credentials(settings, account)
-    return ["-u", username, "-P", password]
+    ca = broker_ca(settings)
+    return ["-u", username, "-P", password, *(["--cafile", ca] if ca else [])]
 
 
 def login(client: paho.Client, settings: Settings, account: str) -> None:
-    """Give a paho client the credentials of service account ``account``."""
+    """Give a paho client the credentials of service account ``account`` (and TLS to the
+    broker when ``mqtt_tls``)."""
     client.username_pw_set(*credentials(settings, account))
+    ca = broker_ca(settings)
+    if ca is not None:
+        client.tls_set(ca_certs=ca)
 
 
 # ---- ACLs ------------------------------------------------------------------------------------

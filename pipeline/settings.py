@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     # device id, `webscada device cert ID`) on mqtt_mtls_port. 0 leaves one out.
     mqtt_tls_port: int = Field(8883, ge=0, le=65535)
     mqtt_mtls_port: int = Field(8884, ge=0, le=65535)
+    # The production profile: the broker's listener on mqtt_port speaks TLS too (no plain
+    # MQTT anywhere) and every service checks it with mqtt_ca_file (default .stack/tls/ca.pem).
+    mqtt_tls: bool = False
+    mqtt_ca_file: Path | None = None
     # The API gives MQTT/GSM devices their broker accounts (as webscada-admin). False for a
     # broker whose accounts are managed elsewhere.
     mqtt_manage_accounts: bool = True

@@ -73,16 +73,19 @@ class Mosquitto(Service):
         fresh.replace(path)
         return path
 
+    def _certificates(self) -> list[str]:
+        from infra.tls import ensure_server_files
+
+        files = ensure_server_files(self.settings.stack_dir, [self.settings.mqtt_host])
+        return [f"cafile {files.ca}", f"certfile {files.server}", f"keyfile {files.server_key}"]
+
     def _tls_listeners(self) -> list[str]:
         """MQTT over TLS (password login) and mutual TLS (the certificate's common name is
         the user name: no password asked, the account's ACLs apply)."""
-        from infra.tls import ensure_server_files
-
         settings = self.settings
         if not (settings.mqtt_tls_port or settings.mqtt_mtls_port):
             return []
-        files = ensure_server_files(settings.stack_dir, [settings.mqtt_host])
-        certificates = [f"cafile {files.ca}", f"certfile {files.server}", f"keyfile {files.server_key}"]
+        certificates = self._certificates()
         lines: list[str] = []
         if settings.mqtt_tls_port:
             lines += [f"listener {settings.mqtt_tls_port} {settings.mqtt_host}", *certificates]
@@ -109,6 +112,8 @@ class Mosquitto(Service):
             f"plugin_opt_config_file {accounts}",
             *BROKER_OPTIONS,
         ]
+        if self.settings.mqtt_tls:  # the production profile: no plain MQTT at all
+            lines[1:1] = self._certificates()
         lines += self._tls_listeners()
         if os.geteuid() == 0:
             # Keep the files under .stack writable: a dev broker on loopback only.

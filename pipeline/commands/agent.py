@@ -22,7 +22,7 @@ from faust.types import StreamT
 from pipeline.commands.acks import ACK_TOPICS
 from pipeline.commands.link import CommandLink
 from pipeline.commands.service import AckRelay, CommandService
-from pipeline.mqtt_accounts import credentials
+from pipeline.mqtt_accounts import broker_ca, credentials
 from pipeline.pgpool import make_pool
 from pipeline.producer import AsyncProducer
 from pipeline.settings import Settings, Topics
@@ -57,6 +57,7 @@ def register_dispatcher(app: faust.App, settings: Settings) -> None:
     producer = AsyncProducer(settings.kafka_bootstrap, client_id="webscada-dispatcher")
     link = CommandLink(host=settings.mqtt_host, port=settings.mqtt_port, client_id=client_id,
                        ack_topics=ACK_TOPICS, credentials=credentials(settings, "dispatcher"),
+                       tls_ca=broker_ca(settings),
                        puback_timeout_s=_setting(settings, "command_puback_timeout_s", 10.0))
     service = CommandService(pool=pool, producer=producer, link=link)
     relay = AckRelay(service, sent_wait_s=_setting(settings, "command_sent_wait_s", 5.0))

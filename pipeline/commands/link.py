@@ -52,9 +52,10 @@ class CommandLink:
                  share_group: str = "webscada-command-acks", clean_session: bool = False,
                  keepalive_s: int = 30,
                  puback_timeout_s: float = 10.0, queue_size: int = 1000,
-                 credentials: tuple[str, str] | None = None) -> None:
+                 credentials: tuple[str, str] | None = None, tls_ca: str | None = None) -> None:
         self.host, self.port, self.client_id = host, port, client_id
         self._credentials = credentials
+        self._tls_ca = tls_ca
         self._subscriptions = [f"$share/{share_group}/{topic}" for topic in ack_topics]
         self._clean_session = clean_session
         self._keepalive_s = keepalive_s
@@ -77,6 +78,8 @@ class CommandLink:
                              protocol=paho.MQTTv311, manual_ack=True)
         if self._credentials is not None:
             client.username_pw_set(*self._credentials)
+        if self._tls_ca is not None:
+            client.tls_set(ca_certs=self._tls_ca)
         client.suppress_exceptions = True
         client.enable_logger(logging.getLogger(f"{__name__}.paho"))
         client.reconnect_delay_set(1, 30)

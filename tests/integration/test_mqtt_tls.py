@@ -150,3 +150,48 @@ def test_devices_with_a_client_certificate(stack: Settings, api_server: ApiServe
     # without a certificate the mutual-TLS listener lets nobody in, password or not
     _, no_cert = _tls_client(stack, stack.mqtt_mtls_port, username=device_id, password="x")
     assert no_cert is None or no_cert.is_failure
+
+
+def test_the_production_profile_has_no_plain_mqtt(stack: Settings, tmp_path: Path) -> None:
+    """WEBSCADA_MQTT_TLS=true: a broker of its own (own folder and port) whose only listener
+    speaks TLS; the services' ways in (login, the account admin, the health probe) use it."""
+    import asyncio
+    import contextlib
+    import socket
+
+    from api.health import check_mqtt
+    from infra.services.mosquitto import Mosquitto
+    from pipeline.mqtt_accounts import AccountAdmin, broker_ca, credentials
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    settings = stack.model_copy(update={"stack_dir": tmp_path / "stack", "mqtt_port": port,
+                                        "mqtt_tls": True, "mqtt_tls_port": 0, "mqtt_mtls_port": 0})
+    broker = Mosquitto(settings)
+    broker.start()
+    try:
+        plain = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=unique_id("plain"))
+        plain.username_pw_set(*credentials(settings, "simulator"))  # no TLS: refused
+        accepted = threading.Event()
+        plain.on_connect = lambda c, u, f, reason, p: accepted.set() if not reason.is_failure else None
+        with contextlib.suppress(OSError):
+            plain.connect(settings.mqtt_host, port, keepalive=5)
+            plain.loop_start()
+        assert not accepted.wait(3), "a client without TLS got in"
+        plain.loop_stop()
+
+        AccountAdmin(settings).add_device("tls-only-device", "mqtt", "its-api-key-1")
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=unique_id("tls"))
+        client.username_pw_set("tls-only-device", "its-api-key-1")
+        client.tls_set(ca_certs=broker_ca(settings))
+        answered = threading.Event()
+        reasons: list[Any] = []
+        client.on_connect = lambda c, u, f, reason, p: (reasons.append(reason), answered.set())
+        client.connect(settings.mqtt_host, port, keepalive=10)
+        client.loop_start()
+        assert answered.wait(10) and not reasons[0].is_failure
+        _close(client)
+        asyncio.run(check_mqtt(settings.mqtt_host, port, broker_ca(settings)))
+    finally:
+        broker.stop()

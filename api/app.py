@@ -177,6 +177,9 @@ def main(settings: Settings) -> int:
         ws="websockets-sansio",
         proxy_headers=False,
         timeout_keep_alive=5,  # an idle keep-alive connection closes after 5 s
+        # HTTPS when given a certificate (e.g. .stack/tls/server.pem of the local CA)
+        ssl_certfile=str(settings.api_tls_certfile) if settings.api_tls_certfile else None,
+        ssl_keyfile=str(settings.api_tls_keyfile) if settings.api_tls_keyfile else None,
     )
     server = uvicorn.Server(config)
     try:

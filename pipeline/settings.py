@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # HTTPS (and WSS) straight from uvicorn: a certificate and its key, e.g. the local CA's
+    # .stack/tls/server.pem and server.key; unset: plain HTTP (behind a TLS proxy, say)
+    api_tls_certfile: Path | None = None
+    api_tls_keyfile: Path | None = None
 
     # Pipeline behaviour
     auto_register: bool = True

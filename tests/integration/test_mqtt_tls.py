@@ -195,3 +195,34 @@ def test_the_production_profile_has_no_plain_mqtt(stack: Settings, tmp_path: Pat
         asyncio.run(check_mqtt(settings.mqtt_host, port, broker_ca(settings)))
     finally:
         broker.stop()
+
+
+def test_the_api_serves_https_with_a_certificate(stack: Settings, start_scoped_process: Any) -> None:
+    """`webscada api` given the local CA's server certificate answers HTTPS; a client that
+    checks it with the CA gets its answer, one without the CA is refused."""
+    import socket
+
+    import httpx
+
+    files = tls_files(stack.stack_dir)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    start_scoped_process("api", log_name="test-api-https.log",
+                         env={"WEBSCADA_API_PORT": str(port),
+                              "WEBSCADA_API_TLS_CERTFILE": str(files.server),
+                              "WEBSCADA_API_TLS_KEYFILE": str(files.server_key)})
+    url = f"https://127.0.0.1:{port}/health"
+
+    def answered() -> httpx.Response | None:
+        try:
+            return httpx.get(url, verify=str(files.ca), timeout=5)
+        except httpx.TransportError:
+            return None
+
+    response = wait_until(answered, timeout=60, what="the API over HTTPS")
+    assert response.status_code in (200, 503) and "dependencies" in response.json()
+    with pytest.raises(httpx.ConnectError):  # the system's CAs do not know ours
+        httpx.get(url, timeout=5)
+    with pytest.raises(httpx.TransportError):  # no plain HTTP on that port
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)

@@ -87,7 +87,7 @@ def _operation(endpoint: Callable[..., Any], path_parameters: list[dict[str, Any
     summary, _, description = doc.partition("\n")
     spec = getattr(endpoint, DESCRIBE_ATTRIBUTE, None) or {
         "query": [], "body": None, "response": None, "status": 200,
-        "errors": [400, 401, 403, 404, 422, 429, 503], "content_type": "application/json",
+        "errors": [400, 401, 403, 404, 413, 415, 422, 429, 503], "content_type": "application/json",
         "other": {},
     }
     role = getattr(endpoint, AUTH_ATTRIBUTE, None)

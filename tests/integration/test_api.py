@@ -404,3 +404,28 @@ async def test_dashboard_is_served_without_external_urls(api_server: ApiServer) 
     assert "/socket.io/" in served["sio.js"].text
     assert "/api/auth/token" in served["app.js"].text
     assert "default-src 'self'" in page.headers["content-security-policy"]
+
+
+async def test_an_application_id_of_128_characters_works_everywhere(api_server: ApiServer) -> None:
+    """The longest application id the rule allows: a device in it, a rule on it, a grant of it."""
+    application = ("a" + uuid.uuid4().hex * 4)[:128]
+    username = unique_id("u-long")
+    admin = {"Authorization": f"Bearer {api_server.token}"}
+    async with httpx.AsyncClient(base_url=api_server.base_url, timeout=15, headers=admin) as client:
+        device = await client.post("/api/devices", json={"id": unique_id("long"), "protocol": "http",
+                                                         "application_id": application})
+        assert device.status_code == 201, device.text
+        rule = await client.post("/api/alarm-rules", json={
+            "name": unique_id("long-rule"), "application_id": application, "metric": "t",
+            "operator": ">", "threshold": 1})
+        assert rule.status_code == 201, rule.text
+        assert rule.json()["application_id"] == application
+        user = await client.post("/api/users", json={"username": username, "password": uuid.uuid4().hex,
+                                                     "role": "viewer"})
+        assert user.status_code == 201, user.text
+        api_server.usernames.append(username)
+        granted = await client.post(f"/api/users/{username}/applications",
+                                    json={"application_id": application})
+        assert granted.status_code == 200, granted.text
+        assert application in granted.json()["applications"]
+        assert (await client.delete(f"/api/alarm-rules/{rule.json()['id']}")).status_code == 204

@@ -13,7 +13,8 @@ returns a protocol class that closes the connection when
   is large or of unknown size: the connection is closed *gracefully*. Our side is
   shut for writing (the client reads the answer, then end-of-file, and does not
   reuse the connection), what still arrives is read and dropped for at most
-  ``linger_s``, then the socket is closed. Closing at once with unread bytes
+  ``linger_s`` and ``LINGER_LIMIT`` bytes (then reading stops, so a client
+  cannot make us read a huge body), then the socket is closed. Closing at once with unread bytes
   would make the kernel answer with a reset, which can destroy the answer before
   the client read it. A small remainder (up to ``DISCARD_LIMIT`` bytes, declared
   by ``Content-Length``) is read and dropped and the connection kept, as uvicorn
@@ -34,6 +35,8 @@ __all__ = ["GuardedHttpProtocol", "guarded_http_protocol"]
 
 #: The most of a body answered early that is still read (and dropped) to keep the connection.
 DISCARD_LIMIT = 64 * 1024
+#: The most read (and dropped) while a connection lingers before closing; then reading stops.
+LINGER_LIMIT = 1024 * 1024
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -49,6 +52,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._body_declared: int | None = None  # Content-Length of the current request
         self._body_seen = 0
         self._lingering = False  # shut for writing: drop what arrives until closed
+        self._lingered = 0  # bytes dropped since
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
@@ -85,8 +89,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._lingering:
-            return  # the answer is out and the connection is ending: drop it
+        if self._lingering:  # the answer is out and the connection is ending: drop it,
+            self._lingered += len(data)
+            if self._lingered > LINGER_LIMIT:  # but not all of a huge body: let TCP stop it
+                self.transport.pause_reading()
+            return
         super().data_received(data)
 
     def eof_received(self) -> None:

@@ -42,6 +42,7 @@ from api.passwords import Passwords
 from api.server import guarded_http_protocol
 from api.services import open_services
 from api.sockets import create_socketio
+from api.standing import UserStanding
 from api.tokens import AccessTokens
 from api.topics import DEFAULT_QUEUE_SIZE, topic_stream_route
 from api.useradmin import user_admin_routes
@@ -111,6 +112,7 @@ def create_app(
             if isinstance(auth, JwtAuthenticator):  # its tokens name users of the users table
                 watchers.append(asyncio.create_task(
                     user_watch.run(app.state.users.enabled, every), name="user-watch"))
+                app.state.user_standing = UserStanding(app.state.users.enabled, every)
             log.info("API ready on http://%s:%d", settings.api_host, settings.api_port)
             try:
                 yield

@@ -176,6 +176,9 @@ def _guard(endpoint: Endpoint, role: str) -> Endpoint:
             raise Unauthorized(
                 "unauthorized", "send a valid token as 'Authorization: Bearer <token>'"
             )
+        standing = getattr(request.app.state, "user_standing", None)
+        if standing is not None and not await standing.allows(principal.subject):
+            raise Unauthorized("unauthorized", "the token's user was removed or disabled")
         if not principal.has_role(role):
             raise Forbidden("forbidden", f"this needs the role {role!r} or higher")
         request.state.principal = principal

@@ -486,3 +486,32 @@ async def test_alarms_of_another_application_are_invisible(api_server: ApiServer
             conn.execute("DELETE FROM alarm_events WHERE alarm_id = %s", (alarm_id,))
             conn.execute("DELETE FROM alarms WHERE id = %s", (alarm_id,))
             conn.execute("DELETE FROM alarm_rules WHERE id = %s", (rule_id,))
+
+
+async def test_a_removed_or_disabled_users_token_stops_working(api_server: ApiServer) -> None:
+    """An access token is valid for 15 minutes; its user's removal ends it within the check
+    interval (WEBSCADA_WS_CREDENTIAL_CHECK_S), on every route."""
+    import psycopg
+
+    from tests.integration.conftest import create_user
+    from tests.integration.conftest import login as log_in
+
+    settings = api_server.settings
+    removed, removed_password = create_user(settings, "viewer")
+    disabled, disabled_password = create_user(settings, "operator")
+    api_server.usernames.extend([removed, disabled])
+    tokens = {name: str(log_in(api_server.base_url, name, password)["access_token"])
+              for name, password in ((removed, removed_password), (disabled, disabled_password))}
+    async with httpx.AsyncClient(base_url=api_server.base_url, timeout=15) as client:
+        async def status(name: str) -> int:
+            answer = await client.get("/api/devices", headers={"Authorization": f"Bearer {tokens[name]}"})
+            return answer.status_code
+
+        assert [await status(removed), await status(disabled)] == [200, 200]  # the control
+        with psycopg.connect(settings.pg_conninfo, autocommit=True) as conn:
+            conn.execute("DELETE FROM users WHERE username = %s", (removed,))
+            conn.execute("UPDATE users SET disabled = true WHERE username = %s", (disabled,))
+        deadline = asyncio.get_running_loop().time() + 30
+        while [await status(removed), await status(disabled)] != [401, 401]:
+            assert asyncio.get_running_loop().time() < deadline, "the tokens still work"
+            await asyncio.sleep(0.5)

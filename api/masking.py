@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["MASK", "mask_email", "mask_rule_json", "mask_url"]
+__all__ = ["MASK", "mask_email", "mask_phone", "mask_rule_json", "mask_url"]
 
 MASK = "***"
 
@@ -40,10 +40,16 @@ def mask_url(url: str) -> str:
     return f"{parts.scheme}://{where}/{MASK}"
 
 
+def mask_phone(number: str) -> str:
+    """``+4917****89``: country and a little of the number, enough to tell them apart."""
+    return number[:5] + MASK + number[-2:] if len(number) > 8 else MASK
+
+
 def mask_rule_json(rule: dict[str, Any]) -> dict[str, Any]:
     """A copy of a rule's JSON (:meth:`AlarmRule.to_json`) with its notification targets masked."""
     notify = dict(rule.get("notify") or {})
     notify["emails"] = [mask_email(e) for e in notify.get("emails", [])]
     notify["webhooks"] = [mask_url(u) for u in notify.get("webhooks", [])]
+    notify["sms"] = [mask_phone(n) for n in notify.get("sms", [])]
     notify["masked"] = True
     return {**rule, "notify": notify}

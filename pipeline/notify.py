@@ -1,10 +1,12 @@
-"""Alarm notifications by e-mail (SMTP) and webhook, off the alarm path.
+"""Alarm notifications by e-mail (SMTP), webhook and SMS, off the alarm path.
 
 :meth:`Notifier.submit` never blocks: it puts the notification on a bounded
 queue (when full, the notification is dropped, counted and logged). A
 background task drains the queue and delivers each notification to each of its
 recipients, at most ``concurrency`` deliveries at a time, retrying failures
-with exponential backoff. Throttling, per recipient:
+with exponential backoff. SMS go through an HTTP gateway (Twilio-compatible) or
+a serial GSM modem, whichever is configured (:mod:`pipeline.sms`); a text longer
+than one SMS goes as numbered parts. Throttling, per recipient:
 
 * per rule: one notification of a kind (raised, cleared) of a rule per
   ``throttle_s`` of that rule;
@@ -30,6 +32,8 @@ from typing import Any
 import aiohttp
 from prometheus_client import Counter
 
+from pipeline.sms import HttpGateway, SerialModem, SmsError, SmsRefused, parts
+
 __all__ = ["Notification", "Notifier", "NotifierConfig"]
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,14 @@ class NotifierConfig:
     smtp_starttls: bool = False
     smtp_timeout_s: float = 10.0
     webhook_timeout_s: float = 5.0
+    # SMS: an HTTP gateway (Twilio-compatible) when sms_gateway_url is set, else a modem
+    # on sms_modem_port when that is set, else SMS recipients are skipped (logged, counted)
+    sms_gateway_url: str | None = None
+    sms_account_sid: str | None = None
+    sms_auth_token: str | None = None
+    sms_from: str = "WebSCADA"
+    sms_modem_port: str | None = None
+    sms_modem_baudrate: int = 115200
     queue_size: int = 1000
     concurrency: int = 4
     retries: int = 3  # attempts after the first
@@ -69,6 +81,8 @@ class Notification:
     payload: Mapping[str, Any]  # the webhook's JSON body
     emails: tuple[str, ...] = ()
     webhooks: tuple[str, ...] = ()
+    sms: tuple[str, ...] = ()  # E.164 numbers
+    sms_text: str = ""  # what an SMS says (short); the subject when empty
     throttle_s: float = 300.0
 
 
@@ -105,6 +119,12 @@ class Notifier:
         self._handling = False  # the drain task holds a notification not yet handed out
         self._last_sent: dict[tuple[str, str, str], float] = {}  # (rule, kind, recipient) → time
         self._recent: dict[str, deque[float]] = {}  # recipient → send times in the window
+        cfg = self.config
+        self._gateway = (HttpGateway(cfg.sms_gateway_url, cfg.sms_account_sid or "",
+                                     cfg.sms_auth_token or "", cfg.sms_from)
+                         if cfg.sms_gateway_url else None)
+        self._modem = (SerialModem(cfg.sms_modem_port, cfg.sms_modem_baudrate)
+                       if cfg.sms_modem_port and not cfg.sms_gateway_url else None)
 
     async def start(self) -> None:
         if self._task is not None:
@@ -115,7 +135,7 @@ class Notifier:
 
     def submit(self, notification: Notification) -> bool:
         """Queue ``notification``; False (counted, logged) when the queue is full or not started."""
-        if not notification.emails and not notification.webhooks:
+        if not (notification.emails or notification.webhooks or notification.sms):
             return True
         if self._queue is None:
             log.warning("notifier not started; notification for rule %s dropped", notification.rule_id)
@@ -160,6 +180,7 @@ class Notifier:
             self._handling = True
             targets = [("email", to) for to in notification.emails]
             targets += [("webhook", url) for url in notification.webhooks]
+            targets += [("sms", number) for number in notification.sms]
             for channel, target in targets:
                 if not self._admit(notification, target):
                     self.stats.count(channel, "throttled")
@@ -194,12 +215,15 @@ class Notifier:
             try:
                 if channel == "email":
                     await asyncio.to_thread(self._send_mail, target, notification)
+                elif channel == "sms":
+                    await self._send_sms(target, notification)
                 else:
                     await self._post(target, notification)
-            except _PermanentFailure as exc:
+            except (_PermanentFailure, SmsRefused) as exc:
                 log.warning("%s to %s failed for good: %s", channel, target, exc)
                 break
-            except (OSError, smtplib.SMTPException, aiohttp.ClientError, TimeoutError) as exc:
+            except (OSError, smtplib.SMTPException, aiohttp.ClientError, TimeoutError,
+                    SmsError) as exc:
                 if attempt == self.config.retries:
                     log.warning("%s to %s failed after %d attempts: %s", channel, target, attempt + 1, exc)
                     break
@@ -224,6 +248,19 @@ class Notifier:
             if cfg.smtp_username:
                 smtp.login(cfg.smtp_username, cfg.smtp_password or "")
             smtp.send_message(message)
+
+    async def _send_sms(self, number: str, notification: Notification) -> None:
+        text = (notification.sms_text or notification.subject)[:1000]
+        if self._gateway is not None:
+            assert self._http is not None
+            for part in parts(text):
+                await self._gateway.send(self._http, number, part)
+        elif self._modem is not None:
+            for part in parts(text):
+                await asyncio.to_thread(self._modem.send, number, part)
+        else:
+            raise SmsRefused("no SMS transport configured (WEBSCADA_SMS_GATEWAY_URL or"
+                             " WEBSCADA_SMS_MODEM_PORT)")
 
     async def _post(self, url: str, notification: Notification) -> None:
         assert self._http is not None

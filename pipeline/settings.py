@@ -145,6 +145,14 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
+    # SMS of alarm notifications (pipeline/sms.py): a Twilio-compatible HTTP gateway, or a
+    # GSM modem on a serial port when no gateway is set
+    sms_gateway_url: str | None = None
+    sms_account_sid: str | None = None
+    sms_auth_token: SecretStr | None = None
+    sms_from: str = "WebSCADA"
+    sms_modem_port: str | None = None
+    sms_modem_baudrate: int = Field(115200, gt=0)
     webhook_timeout_s: float = Field(5.0, gt=0)
     notify_queue_size: int = Field(1000, ge=1)
     notify_retries: int = Field(3, ge=0)

@@ -40,6 +40,9 @@ _SETTING_NAMES = {
     "smtp_starttls": "smtp_starttls", "webhook_timeout_s": "webhook_timeout_s",
     "queue_size": "notify_queue_size", "retries": "notify_retries",
     "recipient_limit": "notify_recipient_limit", "recipient_window_s": "notify_recipient_window_s",
+    "sms_gateway_url": "sms_gateway_url", "sms_account_sid": "sms_account_sid",
+    "sms_auth_token": "sms_auth_token", "sms_from": "sms_from", "sms_modem_port": "sms_modem_port",
+    "sms_modem_baudrate": "sms_modem_baudrate",
 }
 
 

@@ -18,7 +18,7 @@ __all__ = ["AlarmFilter", "RuleCatalog", "alarm_json", "event_json"]
 
 _RULE_COLUMNS = ("name", "device_id", "application_id", "metric", "operator", "threshold", "deadband",
                  "for_seconds", "off_delay_seconds", "severity", "enabled", "notify_emails",
-                 "notify_webhooks", "notify_throttle_seconds")
+                 "notify_webhooks", "notify_sms", "notify_throttle_seconds")
 
 _ALARM_SELECT = """
 SELECT a.id, a.rule_id, r.name AS rule_name, a.device_id, a.metric, a.state, a.severity, a.value,

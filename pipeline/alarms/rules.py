@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from pipeline.sms import E164
 from schemas.records import APPLICATION_ID_PATTERN, DEVICE_ID_PATTERN, METRIC_NAME_PATTERN, iso_utc
 
 __all__ = [
@@ -70,6 +71,7 @@ class AlarmRule:
     enabled: bool = True
     notify_emails: tuple[str, ...] = ()
     notify_webhooks: tuple[str, ...] = ()
+    notify_sms: tuple[str, ...] = ()
     notify_throttle_seconds: float = 300.0
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -115,6 +117,9 @@ class AlarmRule:
                            _targets("notify.emails", self.notify_emails, _is_email, "an e-mail address"))
         object.__setattr__(self, "notify_webhooks",
                            _targets("notify.webhooks", self.notify_webhooks, _is_url, "an http(s) URL"))
+        object.__setattr__(self, "notify_sms",
+                           _targets("notify.sms", self.notify_sms, E164.fullmatch,
+                                    "a phone number in E.164 form (+ and 7 to 15 digits)"))
 
     @property
     def is_stale(self) -> bool:
@@ -150,6 +155,7 @@ class AlarmRule:
             "notify": {
                 "emails": list(self.notify_emails),
                 "webhooks": list(self.notify_webhooks),
+                "sms": list(self.notify_sms),
                 "throttle_seconds": self.notify_throttle_seconds,
             },
             "created_at": iso_utc(self.created_at) if self.created_at else None,
@@ -178,7 +184,7 @@ def _is_url(value: str) -> bool:
 
 def _targets(field: str, values: object, valid: Any, what: str) -> tuple[str, ...]:
     if isinstance(values, str) or not isinstance(values, list | tuple):
-        raise RuleError(field, values, f"must be a list of {what}es")
+        raise RuleError(field, values, f"must be a list, each {what}")
     if len(values) > _MAX_TARGETS:
         raise RuleError(field, values, f"at most {_MAX_TARGETS} entries")
     for value in values:
@@ -189,7 +195,7 @@ def _targets(field: str, values: object, valid: Any, what: str) -> tuple[str, ..
 
 _FIELDS = ("name", "device_id", "application_id", "metric", "operator", "threshold", "deadband",
            "for_seconds", "off_delay_seconds", "severity", "enabled")
-_NOTIFY_FIELDS = {"emails": "notify_emails", "webhooks": "notify_webhooks",
+_NOTIFY_FIELDS = {"emails": "notify_emails", "webhooks": "notify_webhooks", "sms": "notify_sms",
                   "throttle_seconds": "notify_throttle_seconds"}
 
 
@@ -203,7 +209,8 @@ def _fields(data: object) -> dict[str, Any]:
     notify = data.get("notify")
     if notify is not None:
         if not isinstance(notify, Mapping):
-            raise RuleError("notify", notify, 'must be an object {"emails", "webhooks", "throttle_seconds"}')
+            raise RuleError("notify", notify,
+                            'must be an object {"emails", "webhooks", "sms", "throttle_seconds"}')
         for key, value in notify.items():
             if key not in _NOTIFY_FIELDS:
                 raise RuleError(f"notify.{key}", value, "is not a notification field")

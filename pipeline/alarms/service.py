@@ -53,7 +53,7 @@ class _Device:
 
 
 def notification_for(rule: AlarmRule, event: AlarmEvent) -> Notification:
-    """The e-mail/webhook notification telling ``rule``'s recipients about ``event``."""
+    """The e-mail/webhook/SMS notification telling ``rule``'s recipients about ``event``."""
     what = f"{rule.metric} {rule.operator} {rule.threshold:g}" if rule.threshold is not None else "stale data"
     subject = f"[WebSCADA] {event.severity.upper()} alarm {event.event}: {rule.name} on {event.device_id}"
     body = "\n".join([
@@ -69,6 +69,9 @@ def notification_for(rule: AlarmRule, event: AlarmEvent) -> Notification:
     return Notification(rule_id=rule.id, kind=event.event, subject=subject, body=body,
                         payload={**event.to_json(), "rule_name": rule.name},
                         emails=rule.notify_emails, webhooks=rule.notify_webhooks,
+                        sms=rule.notify_sms,
+                        sms_text=f"{event.severity.upper()} alarm {event.event}: {rule.name} on"
+                                 f" {event.device_id}. {event.message}".strip(),
                         throttle_s=rule.notify_throttle_seconds)
 
 

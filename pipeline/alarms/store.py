@@ -156,6 +156,7 @@ def rule_from_row(row: dict[str, Any]) -> AlarmRule:
         off_delay_seconds=row["off_delay_seconds"], severity=row["severity"],
         device_id=row["device_id"], application_id=row["application_id"], enabled=row["enabled"],
         notify_emails=tuple(row["notify_emails"] or ()), notify_webhooks=tuple(row["notify_webhooks"] or ()),
+        notify_sms=tuple(row["notify_sms"] or ()),
         notify_throttle_seconds=row["notify_throttle_seconds"], created_at=row["created_at"],
         updated_at=row["updated_at"],
     )

@@ -107,16 +107,67 @@ class Rest:
         return body
 
 
+class SmsProvider:
+    """A Twilio-compatible messages API (a real aiohttp server in its own thread) that
+    records the SMS the worker sends through it."""
+
+    SID, TOKEN = "AC-test", "sms-token"
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, str]] = []
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    async def _messages(self, request: web.Request) -> web.Response:
+        if request.match_info["sid"] != self.SID or request.headers.get("Authorization") != \
+                aiohttp_basic_auth(self.SID, self.TOKEN):
+            return web.json_response({"message": "Authenticate"}, status=401)
+        form = await request.post()
+        self.messages.append({k: str(v) for k, v in form.items()})
+        return web.json_response({"sid": f"SM{len(self.messages)}"}, status=201)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._messages)
+        self._runner = web.AppRunner(app)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._ready.set()
+        self._loop.run_forever()
+
+    def start(self) -> None:
+        self._thread.start()
+        assert self._ready.wait(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def aiohttp_basic_auth(user: str, password: str) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 class AlarmWorker:
     """`webscada worker --role alarms`, which can be killed and started again."""
 
-    def __init__(self, start_process: Callable[..., subprocess.Popen[bytes]]) -> None:
+    def __init__(self, start_process: Callable[..., subprocess.Popen[bytes]],
+                 env: dict[str, str] | None = None) -> None:
         self._start_process = start_process
+        self._env = {**WORKER_ENV, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.proc = self._start_process("worker", "--role", "alarms", log_name="test-alarms-worker.log",
-                                        env=WORKER_ENV)
+                                        env=self._env)
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -132,10 +183,22 @@ def rest(api_server: ApiServer) -> Iterator[Rest]:
 
 
 @pytest.fixture(scope="module")
+def sms_provider() -> Iterator[SmsProvider]:
+    provider = SmsProvider()
+    provider.start()
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture(scope="module")
 def alarm_worker(stack: Settings, start_process: Callable[..., subprocess.Popen[bytes]],
-                 rest: Rest) -> Iterator[AlarmWorker]:
-    """The alarms role, ready once it raised an alarm for a probe reading."""
-    worker = AlarmWorker(start_process)
+                 rest: Rest, sms_provider: SmsProvider) -> Iterator[AlarmWorker]:
+    """The alarms role (its SMS through ``sms_provider``), ready once it raised an alarm
+    for a probe reading."""
+    worker = AlarmWorker(start_process, env={
+        "WEBSCADA_SMS_GATEWAY_URL": f"http://127.0.0.1:{sms_provider.port}",
+        "WEBSCADA_SMS_ACCOUNT_SID": SmsProvider.SID, "WEBSCADA_SMS_AUTH_TOKEN": SmsProvider.TOKEN,
+        "WEBSCADA_SMS_FROM": "+15005550006"})
     worker.start()
     device = unique_id("alarm-probe")
     rule = rest.rule(device_id=device, metric="probe", operator=">", threshold=0)
@@ -369,6 +432,25 @@ def test_worker_posts_webhooks_throttled_per_rule(alarm_worker: AlarmWorker, res
     assert receiver.received[0]["rule_name"] == rule["name"]
 
 
+def test_a_raised_alarm_sends_exactly_one_sms(alarm_worker: AlarmWorker, rest: Rest, stack: Settings,
+                                              sms_provider: SmsProvider) -> None:
+    device = unique_id("sms")
+    number = "+4915112345678"
+    rule = rest.rule(device_id=device, metric="level", operator=">", threshold=10, severity="critical",
+                     notify={"sms": [number], "throttle_seconds": 3600})
+    time.sleep(3)  # the engine re-reads rules every 2 s
+    produce_readings(stack, device, [20.0, 25.0, 30.0])  # one raise; the repeats change nothing
+    wait_until(lambda: [m for m in sms_provider.messages if device in m["Body"]], timeout=30,
+               what="the SMS")
+    wait_until(lambda: history_of(stack, rule["id"]) == ["raised"], what="the raise")
+    time.sleep(2)  # a second SMS would have come by now
+    sent = [m for m in sms_provider.messages if device in m["Body"]]
+    assert len(sent) == 1, sent
+    assert sent[0]["To"] == number and sent[0]["From"] == "+15005550006"
+    assert sent[0]["Body"] == (f"CRITICAL alarm raised: {rule['name']} on {device}."
+                               " level = 20 > 10")  # one SMS, not parts
+
+
 # --- rules over REST --------------------------------------------------------------------------------
 def test_rule_crud_and_errors(rest: Rest) -> None:
     created = rest.rule(application_id="plant-a", metric="flow", operator="<", threshold=1.5,
@@ -376,7 +458,8 @@ def test_rule_crud_and_errors(rest: Rest) -> None:
                         notify={"emails": ["ops@example.com"]})
     rule_id = created["id"]
     assert (created["application_id"], created["device_id"], created["threshold"]) == ("plant-a", None, 1.5)
-    assert created["notify"] == {"emails": ["ops@example.com"], "webhooks": [], "throttle_seconds": 300.0}
+    assert created["notify"] == {"emails": ["ops@example.com"], "webhooks": [], "sms": [],
+                                 "throttle_seconds": 300.0}
     client = rest.client
     assert client.get(f"/api/alarm-rules/{rule_id}").json() == created
     assert rule_id in {r["id"] for r in client.get("/api/alarm-rules").json()}

@@ -157,12 +157,12 @@ def test_parse_rule_from_json() -> None:
                     "threshold": 90, "deadband": 2, "for_seconds": 5, "off_delay_seconds": 10,
                     "severity": "critical",
                     "notify": {"emails": ["ops@example.com"], "webhooks": ["http://127.0.0.1:9/x"],
-                               "throttle_seconds": 60}}, rule_id="abc")
+                               "sms": ["+4915112345678"], "throttle_seconds": 60}}, rule_id="abc")
     assert (r.id, r.device_id, r.threshold, r.deadband, r.severity) == ("abc", "boiler-1", 90.0, 2.0,
                                                                          "critical")
     assert r.notify_emails == ("ops@example.com",)
     assert r.to_json()["notify"] == {"emails": ["ops@example.com"], "webhooks": ["http://127.0.0.1:9/x"],
-                                     "throttle_seconds": 60.0}
+                                     "sms": ["+4915112345678"], "throttle_seconds": 60.0}
     assert r.applies_to("boiler-1", None) and not r.applies_to("boiler-2", None)
 
 
@@ -181,6 +181,10 @@ def test_parse_rule_from_json() -> None:
     ({"name": "x", "operator": ">", "metric": "t", "threshold": 1, "colour": "red"}, "colour"),
     ({"name": "x", "operator": ">", "metric": "t", "threshold": 1, "notify": {"emails": ["nope"]}},
      "notify.emails"),
+    ({"name": "x", "operator": ">", "metric": "t", "threshold": 1, "notify": {"sms": ["0151234567"]}},
+     "notify.sms"),
+    ({"name": "x", "operator": ">", "metric": "t", "threshold": 1, "notify": {"sms": "+4915112345678"}},
+     "notify.sms"),
     ({"name": "x", "operator": ">", "metric": "t", "threshold": 1,
       "notify": {"webhooks": ["ftp://x"]}}, "notify.webhooks"),
     ([1, 2], "body"),

@@ -44,10 +44,10 @@ def test_emails_keep_one_letter_and_the_domain() -> None:
 
 def test_a_rules_json_is_masked_without_changing_the_original() -> None:
     rule = {"id": "r1", "notify": {"emails": ["a@b.c"], "webhooks": ["https://h/t"],
-                                   "throttle_seconds": 300.0}}
+                                   "sms": ["+4915112345678"], "throttle_seconds": 300.0}}
     masked = mask_rule_json(rule)
     assert masked["notify"] == {"emails": ["a***@b.c"], "webhooks": ["https://h/***"],
-                                "throttle_seconds": 300.0, "masked": True}
+                                "sms": ["+4915***78"], "throttle_seconds": 300.0, "masked": True}
     assert rule["notify"]["webhooks"] == ["https://h/t"]
 
 

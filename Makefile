@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: venv stack stack-down browser lint test test-unit test-integration test-e2e run stop bench clean
+.PHONY: venv stack stack-down browser vendor lint test test-unit test-integration test-e2e run stop bench clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,11 @@ stack-down: venv
 # Debian's Chromium for the browser tests (Playwright drives it; it never downloads one).
 browser: venv
 	test -x /usr/bin/chromium || $(BIN)/python -c "from infra.services._base import apt_install; apt_install('chromium')"
+
+# The dashboard's front-end libraries from npm at the versions pinned in
+# api/static/vendor/VERSIONS (socket.io-client, uPlot); needs npm, not run by other targets.
+vendor:
+	infra/vendor.sh
 
 lint: venv
 	$(BIN)/ruff check .

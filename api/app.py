@@ -26,6 +26,7 @@ from api.config import ApiConfig, load_api_config
 from api.connlimit import ConnectionLimiter
 from api.connwatch import ConnectionWatch
 from api.device_keys import current_keys
+from api.device_metrics import device_metrics_routes
 from api.device_registry import device_registry_routes
 from api.device_ws import device_socket_route
 from api.devices import device_routes
@@ -133,6 +134,7 @@ def create_app(
         *command_routes(),
         *alarm_routes(),
         *history_routes(),
+        *device_metrics_routes(),
         openapi_route(),
         topic_stream_route(queue_size=ws_queue_size),
         device_socket_route(),

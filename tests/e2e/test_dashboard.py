@@ -181,6 +181,11 @@ async def test_dashboard_wide_and_phone(
         await asyncio.to_thread(_publish_ack, stack, device, str(command_id))  # the device's part
         await expect(item).to_contain_text("acked", timeout=30_000)
 
+        # A range preset reloads the history (and the picture shows the last 15 minutes).
+        await page.click('#history-presets button[data-range="900"]')
+        await expect(page.locator('#history-presets button[data-range="900"]')).to_have_attribute(
+            "aria-pressed", "true")
+        await expect(page.locator("#history-info")).to_contain_text("points", timeout=15_000)
         await page.wait_for_timeout(1500)  # a few more live readings for the picture
         await page.evaluate("() => window.scrollTo(0, 0)")
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)

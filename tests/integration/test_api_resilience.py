@@ -356,7 +356,9 @@ async def test_earliest_replays_at_most_the_configured_records_per_partition(
 async def test_topic_websocket_closes_when_its_token_expires(api_server: ApiServer) -> None:
     config = load_api_config(api_server.settings)
     now = int(time.time())
-    token = jwt.encode({"iss": config.jwt_issuer, "aud": config.jwt_audience, "sub": "expiring",
+    user, _ = create_user(api_server.settings, "admin")  # it exists: only the expiry ends it
+    api_server.usernames.append(user)
+    token = jwt.encode({"iss": config.jwt_issuer, "aud": config.jwt_audience, "sub": user,
                         "iat": now, "nbf": now, "exp": now + 3, "jti": uuid.uuid4().hex,
                         "role": "admin", "apps": []},
                        config.jwt_secret.get_secret_value(), algorithm="HS256",
@@ -367,3 +369,4 @@ async def test_topic_websocket_closes_when_its_token_expires(api_server: ApiServ
                 while True:
                     await ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    assert closed.value.rcvd.reason != "user removed or disabled"

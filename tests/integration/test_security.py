@@ -128,8 +128,8 @@ def _forge(settings: Settings, **changes: Any) -> str:
     return jwt.encode(claims, key, algorithm=algorithm, headers=headers)
 
 
-def _unsigned(settings: Settings) -> str:
-    signed = _forge(settings)
+def _unsigned(settings: Settings, sub: str = "forger") -> str:
+    signed = _forge(settings, sub=sub)
     _, payload, _ = signed.split(".")
     header = jwt.utils.base64url_encode(b'{"alg":"none","typ":"at+jwt"}').decode()
     return f"{header}.{payload}."
@@ -142,21 +142,27 @@ def _unsigned(settings: Settings) -> str:
 )
 async def test_forged_or_stale_jwt_is_rejected(api_server: ApiServer, forgery: str) -> None:
     settings = api_server.settings
+    # a user that exists: a token naming one that does not is refused for that alone
+    sub, _ = create_user(settings, "admin")
+    api_server.usernames.append(sub)
     past = int(time.time()) - 3600
     token = {
-        "alg_none": lambda: _unsigned(settings),
-        "wrong_signature": lambda: _forge(settings, key="x" * 48),
-        "expired": lambda: _forge(settings, iat=past - 60, nbf=past - 60, exp=past),
-        "wrong_audience": lambda: _forge(settings, aud="someone-else"),
-        "wrong_issuer": lambda: _forge(settings, iss="someone-else"),
-        "hs512": lambda: _forge(settings, algorithm="HS512"),
-        "no_exp": lambda: _forge(settings, exp=None),
-        "no_typ": lambda: _forge(settings, headers={}),
+        "alg_none": lambda: _unsigned(settings, sub),
+        "wrong_signature": lambda: _forge(settings, sub=sub, key="x" * 48),
+        "expired": lambda: _forge(settings, sub=sub, iat=past - 60, nbf=past - 60, exp=past),
+        "wrong_audience": lambda: _forge(settings, sub=sub, aud="someone-else"),
+        "wrong_issuer": lambda: _forge(settings, sub=sub, iss="someone-else"),
+        "hs512": lambda: _forge(settings, sub=sub, algorithm="HS512"),
+        "no_exp": lambda: _forge(settings, sub=sub, exp=None),
+        "no_typ": lambda: _forge(settings, sub=sub, headers={}),
     }[forgery]()
     async with httpx.AsyncClient(base_url=api_server.base_url, timeout=10) as client:
         response = await client.get("/api/devices", headers={"Authorization": f"Bearer {token}"})
         control = await client.get(
-            "/api/devices", headers={"Authorization": f"Bearer {_forge(settings)}"})
+            "/api/devices", headers={"Authorization": f"Bearer {_forge(settings, sub=sub)}"})
+        stranger = await client.get(  # well made, but for a user that does not exist
+            "/api/devices", headers={"Authorization": f"Bearer {_forge(settings, sub='nobody-here')}"})
+    assert stranger.status_code == 401
     assert response.status_code == 401
     assert control.status_code == 200  # the same token, properly made, is accepted
     client_sio = socketio.AsyncClient(reconnection=False)
@@ -438,7 +444,9 @@ def test_database_dump_holds_no_plaintext_password_or_key(api_server: ApiServer)
 
 async def test_socketio_connection_ends_when_its_token_expires(api_server: ApiServer) -> None:
     now = int(time.time())
-    token = _forge(api_server.settings, iat=now, nbf=now, exp=now + 3)
+    user, _ = create_user(api_server.settings, "admin")  # it exists: only the expiry ends it
+    api_server.usernames.append(user)
+    token = _forge(api_server.settings, sub=user, iat=now, nbf=now, exp=now + 3)
     client = socketio.AsyncClient(reconnection=False)
     await client.connect(api_server.base_url, auth={"token": token}, transports=["websocket"],
                          wait_timeout=10)

@@ -1,9 +1,11 @@
 // Alarms: a banner with the unacknowledged alarms by severity, their count in the page
 // title, a table with rule name and message, filters (state, severity), acknowledge,
-// shelve and unshelve. Live events (room "alarms", admins) update it; everyone also
+// shelve and unshelve; a row opened (click, Enter) shows that alarm's event history.
+// Live events (room "alarms", admins) update it; everyone also
 // re-reads it every 30 s (non-admins get alarm events only in device rooms).
 
 import { formatNumber, formatShort, formatTime, toMs } from "./devices.js";
+import { onZoneChange } from "./timezone.js";
 
 const SEVERITIES = ["critical", "major", "minor", "warning", "info"];
 const UNACKED = new Set(["active_unacked", "cleared_unacked"]);
@@ -14,6 +16,8 @@ export function createAlarms(ctx, { onCounts }) {
   const { $ } = ctx;
   const unacked = new Map(); // alarm id -> {severity, device_id}
   const rows = new Map(); // alarm id -> tr
+  const shown = new Map(); // alarm id -> the alarm as last shown
+  let opened = null; // the alarm id whose history is shown
   let available = true;
 
   // ---- counts: banner, title, devices with alarms ------------------------------------
@@ -83,17 +87,28 @@ export function createAlarms(ctx, { onCounts }) {
     const id = alarm.id;
     let tr = rows.get(id);
     if (!matchesFilter(alarm)) {
-      if (tr) { tr.remove(); rows.delete(id); }
+      if (tr) { tr.remove(); rows.delete(id); shown.delete(id); }
       updateEmpty();
       return;
     }
     if (!tr) {
       tr = document.createElement("tr");
       tr.dataset.alarm = id;
+      tr.tabIndex = 0;
+      tr.addEventListener("click", (event) => {
+        if (event.target.closest("button, select")) return;
+        openHistory(id);
+      });
+      tr.addEventListener("keydown", (event) => {
+        if (event.target !== tr) return;
+        if (event.key === "Enter" || event.key === " ") { event.preventDefault(); openHistory(id); }
+      });
       rows.set(id, tr);
       $("#alarms tbody").prepend(tr);
     }
-    tr.className = `alarm severity-${alarm.severity} state-${alarm.state}`;
+    shown.set(id, alarm);
+    tr.className = `alarm severity-${alarm.severity} state-${alarm.state}${opened === id ? " opened" : ""}`;
+    tr.setAttribute("aria-expanded", String(opened === id));
     tr.dataset.device = alarm.device_id;
     const severity = td("", "Severity");
     const badge = document.createElement("span");
@@ -169,12 +184,72 @@ export function createAlarms(ctx, { onCounts }) {
       track(answer);
       renderCounts();
       showRow(answer);
+      if (opened === answer.id && answer.history) renderHistory(answer);
       $("#alarms-info").classList.remove("state-error");
     } else {
       control.disabled = false;
       $("#alarms-info").classList.add("state-error");
       $("#alarms-info").textContent = `${action === "ack" ? "Acknowledge" : "Shelve"} failed: `
         + `${(answer && (answer.detail || answer.error)) || response.status}`;
+    }
+  }
+
+  // ---- one alarm's history ---------------------------------------------------------
+
+  function renderHistory(alarm) {
+    const history = alarm.history || [];
+    $("#alarm-history-title").textContent = `History: ${alarm.rule_name || "(rule deleted)"} on ${alarm.device_id}`;
+    $("#alarm-events tbody").replaceChildren(...history.map((event) => {
+      const tr = document.createElement("tr");
+      tr.className = `alarm-event event-${event.event}`;
+      const at = toMs(event.at);
+      const time = td(formatTime(at), "Time", "event-time");
+      tr.append(time, td(event.event, "Event"), td(event.state, "State"),
+        td(formatNumber(event.value), "Value"), td(event.by || "", "By"), td(event.message || "", "Message"));
+      return tr;
+    }));
+    $("#alarm-history-info").classList.remove("state-error");
+    $("#alarm-history-info").textContent = history.length ? "" : "No events recorded.";
+  }
+
+  async function loadHistory(id) {
+    const response = await ctx.api(`/api/alarms/${encodeURIComponent(id)}`).catch((error) => {
+      if (error.name === "AuthError") throw error;
+      return null;
+    });
+    if (opened !== id) return;
+    if (!response || !response.ok) {
+      $("#alarm-history-info").classList.add("state-error");
+      $("#alarm-history-info").textContent = `History unavailable (${response ? response.status : "no answer"}).`;
+      return;
+    }
+    const alarm = await response.json();
+    if (opened === id) renderHistory(alarm);
+  }
+
+  function openHistory(id) {
+    if (opened === id) {
+      closeHistory();
+      return;
+    }
+    opened = id;
+    for (const [other, tr] of rows) {
+      tr.classList.toggle("opened", other === id);
+      tr.setAttribute("aria-expanded", String(other === id));
+    }
+    $("#alarm-history").hidden = false;
+    $("#alarm-events tbody").replaceChildren();
+    $("#alarm-history-info").classList.remove("state-error");
+    $("#alarm-history-info").textContent = "Loading the history…";
+    loadHistory(id).catch(() => {});
+  }
+
+  function closeHistory() {
+    opened = null;
+    $("#alarm-history").hidden = true;
+    for (const tr of rows.values()) {
+      tr.classList.remove("opened");
+      tr.setAttribute("aria-expanded", "false");
     }
   }
 
@@ -216,6 +291,7 @@ export function createAlarms(ctx, { onCounts }) {
     for (const alarm of open) track(alarm);
     renderCounts();
     rows.clear();
+    shown.clear();
     $("#alarms tbody").replaceChildren();
     for (const alarm of list.reverse()) showRow(alarm); // newest ends on top
     updateEmpty();
@@ -231,6 +307,7 @@ export function createAlarms(ctx, { onCounts }) {
       track(alarm);
       renderCounts();
       showRow(alarm);
+      if (opened === alarm.id) renderHistory(alarm);
     }
   }
 
@@ -242,6 +319,11 @@ export function createAlarms(ctx, { onCounts }) {
     $(selector).addEventListener("change", () => load().catch(() => {}));
   }
   $("#alarm-filters").addEventListener("submit", (event) => event.preventDefault());
+  $("#alarm-history-close").addEventListener("click", closeHistory);
+  onZoneChange(() => {
+    for (const alarm of [...shown.values()]) showRow(alarm);
+    if (opened) loadHistory(opened).catch(() => {});
+  });
   $("#alarm-banner").addEventListener("click", () => {
     $("#alarm-state").value = "unacked";
     $("#alarm-severity").value = "";

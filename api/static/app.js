@@ -6,6 +6,10 @@
 import { createDevices } from "./devices.js";
 import { createDetail } from "./detail.js";
 import { createAlarms } from "./alarms.js";
+import { createRules } from "./rules.js";
+import {
+  BROWSER_ZONE, formatTime, knownZones, onZoneChange, setZone, zone, zoneChoice, zoneLabel,
+} from "./timezone.js";
 
 const SESSION_KEY = "webscada.session";
 const $ = (selector) => document.querySelector(selector);
@@ -229,7 +233,39 @@ const detail = createDetail(ctx, { onClose: () => select(null) });
 const alarms = createAlarms(ctx, {
   onCounts: (byDevice) => devices.setAlarmDevices(byDevice),
 });
+const rules = createRules(ctx);
 ctx.devices = devices;
+
+// ---- time zone: browser / UTC / a named zone, remembered per browser --------------------
+
+function showZone() {
+  const name = $("#tz-name");
+  const short = formatTime(Date.now()).split(" ").pop();
+  name.textContent = zone() === short ? zone() : `${zone()} (${short})`;
+  name.title = `Every time is shown in ${zoneLabel()}`;
+  document.documentElement.dataset.timeZone = zone();
+}
+
+function fillZones() {
+  const select = $("#tz-choice");
+  const named = document.createElement("optgroup");
+  named.label = "Named zones";
+  named.append(...knownZones().filter((name) => name !== "UTC").map((name) => new Option(name, name)));
+  select.replaceChildren(new Option(`Browser (${BROWSER_ZONE})`, "browser"), new Option("UTC", "UTC"), named);
+  const current = zoneChoice();
+  if (![...select.options].some((o) => o.value === current)) select.append(new Option(current, current));
+  select.value = current;
+  select.addEventListener("change", () => {
+    if (!setZone(select.value)) select.value = zoneChoice();
+  });
+  showZone();
+}
+
+onZoneChange(() => {
+  showZone();
+  devices.render();
+});
+fillZones();
 
 function select(device) {
   $("#board").classList.toggle("has-detail", Boolean(device));
@@ -259,7 +295,7 @@ async function start() {
   $("#who").textContent = `${ctx.me.username} (${ctx.me.role})`;
   $("#command-form").hidden = ctx.me.role === "viewer";
   connectLive();
-  await Promise.all([devices.load(), alarms.load()]).catch((error) => {
+  await Promise.all([devices.load(), alarms.load(), rules.load()]).catch((error) => {
     if (error instanceof AuthError) showLogin("Your session ended; log in again.");
   });
 }

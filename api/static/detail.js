@@ -3,11 +3,11 @@
 // presets and a custom range; min/max/mean of what is shown; CSV export; commands.
 
 import { formatNumber, formatTime, readingOf, toMs } from "./devices.js";
+import { onZoneChange, parseWallTime, zone, zoneLabel } from "./timezone.js";
 
 const COLORS = ["#1d4ed8", "#b45309", "#15803d", "#9333ea", "#be123c", "#0e7490", "#4d7c0f", "#c2410c"];
 const DEFAULT_PICKS = 3;
 const CHART_HEIGHT = 260;
-const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone;
 
 export function createDetail(ctx, { onClose }) {
   const { $ } = ctx;
@@ -189,7 +189,7 @@ export function createDetail(ctx, { onClose }) {
     if (failed.length) showInfo(`History unavailable for ${failed.join("; ")}`, true);
     else if (total === 0) showInfo("No readings of these metrics in this range.");
     else showInfo(`${total} points, ${agg} per ${every} s${view.range.live ? ", extending live" : ""};`
-      + ` times in ${ZONE}.`);
+      + ` times in ${zoneLabel()}.`);
   }
 
   function destroyChart() {
@@ -244,6 +244,7 @@ export function createDetail(ctx, { onClose }) {
         })),
       ],
       legend: { live: true },
+      tzDate: (seconds) => uPlot.tzDate(new Date(seconds * 1000), zone()),
     };
     view.chart = new uPlot(options, data, element);
     element.dataset.points = String(names.reduce((sum, name) => sum + view.series.get(name).xs.length, 0));
@@ -353,8 +354,8 @@ export function createDetail(ctx, { onClose }) {
   }
   $("#history-custom").addEventListener("submit", (event) => {
     event.preventDefault();
-    const start = Date.parse($("#history-from").value);
-    const stop = Date.parse($("#history-to").value);
+    const start = parseWallTime($("#history-from").value);
+    const stop = parseWallTime($("#history-to").value);
     if (!Number.isFinite(start) || !Number.isFinite(stop) || start >= stop) {
       showInfo("Give a start before the end.", true);
       return;
@@ -369,6 +370,12 @@ export function createDetail(ctx, { onClose }) {
   $("#history-agg").addEventListener("change", () => loadHistory());
   $("#history-export").addEventListener("click", exportCsv);
   $("#detail-close").addEventListener("click", () => onClose());
+  onZoneChange(() => {
+    if (!view.device) return;
+    showMeta(view.device);
+    for (const known of commands.values()) renderCommand(known);
+    if (view.series.size) loadHistory();
+  });
   new ResizeObserver(() => {
     if (view.chart) view.chart.setSize({ width: Math.max(280, $("#chart").clientWidth), height: CHART_HEIGHT });
   }).observe($("#chart"));

@@ -31,18 +31,9 @@ export function toMs(value) {
   return Number.isFinite(ms) ? ms : null;
 }
 
-// Today's times as HH:MM:SS, others with their date; the zone is in formatTime's tooltip.
-export function formatShort(ms) {
-  if (ms === null || ms === undefined) return "";
-  const when = new Date(ms);
-  const time = when.toLocaleTimeString(undefined, { hour12: false });
-  return when.toDateString() === new Date().toDateString()
-    ? time : `${when.toLocaleDateString(undefined, { month: "short", day: "numeric" })} ${time}`;
-}
-
-export function formatTime(ms) {
-  return ms === null || ms === undefined ? "" : new Date(ms).toLocaleString(undefined, { timeZoneName: "short" });
-}
+// Timestamps in the chosen time zone (timezone.js); kept importable from here.
+export { formatShort, formatTime } from "./timezone.js";
+import { formatTime } from "./timezone.js";
 
 // Telemetry as Socket.IO sends it: metrics plus metadata (signal, battery).
 export function readingOf(data) {

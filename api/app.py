@@ -48,6 +48,7 @@ from api.tokens import AccessTokens
 from api.topics import DEFAULT_QUEUE_SIZE, topic_stream_route
 from api.useradmin import user_admin_routes
 from api.users import UserStore
+from pipeline.heartbeat import Heartbeat
 from pipeline.settings import Settings
 
 __all__ = ["STATIC_DIR", "create_app", "main", "starlette_of"]
@@ -114,6 +115,7 @@ def create_app(
                 watchers.append(asyncio.create_task(
                     user_watch.run(app.state.users.enabled, every), name="user-watch"))
                 app.state.user_standing = UserStanding(app.state.users.enabled, every)
+            heartbeat = Heartbeat(settings.redis_url, "api").start()
             log.info("API ready on http://%s:%d", settings.api_host, settings.api_port)
             try:
                 yield
@@ -121,6 +123,7 @@ def create_app(
                 for watcher in watchers:
                     watcher.cancel()
                 passwords.close()
+                await asyncio.to_thread(heartbeat.stop)
 
     routes: list[BaseRoute] = [
         Route("/", _dashboard, methods=["GET"]),

@@ -16,12 +16,15 @@ import aiohttp
 from aiokafka.client import AIOKafkaClient
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from api.errors import request_id_of
 from api.metrics import DEPENDENCY_UP
 from api.openapi import describe
 from api.services import services_of
+from pipeline.heartbeat import component_health, read_components_async
 from pipeline.mqtt_accounts import broker_ca
 from pipeline.settings import Settings
 
@@ -165,9 +168,17 @@ async def check_mqtt(host: str, port: int, ca: str | None = None) -> None:
 
 _HEALTH = {
     "type": "object",
-    "required": ["status", "dependencies"],
+    "required": ["status", "dependencies", "components"],
     "properties": {
         "status": {"type": "string", "enum": ["ok", "degraded"]},
+        "components": {"type": "object", "additionalProperties": {
+            "type": "object", "required": ["status", "required", "instances"],
+            "properties": {"status": {"type": "string", "enum": ["up", "stale", "down"]},
+                           "required": {"type": "boolean"},
+                           "last_beat_s": {"type": "number", "nullable": True},
+                           "instances": {"type": "array", "items": {"type": "object"}}},
+        }},
+        "request_id": {"type": "string", "nullable": True},
         "dependencies": {"type": "object", "additionalProperties": {
             "type": "object", "required": ["status", "latency_ms"],
             "properties": {"status": {"type": "string", "enum": ["up", "down"]},
@@ -177,9 +188,24 @@ _HEALTH = {
 }
 
 
+async def _components(services: Any, settings: Settings) -> dict[str, dict[str, Any]]:
+    """The heartbeats' view (:mod:`pipeline.heartbeat`); a required component never heard of
+    is down. Redis away: only the required ones, down."""
+    required = set(settings.health_required)
+    try:
+        known, beats = await asyncio.wait_for(read_components_async(services.redis), CHECK_TIMEOUT_S)
+        report = component_health(known, beats, now=time.time())
+    except (RedisError, OSError, TimeoutError):
+        report = {}
+    for name in required - set(report):
+        report[name] = {"status": "down", "last_beat_s": None, "instances": []}
+    return {name: {**entry, "required": name in required} for name, entry in sorted(report.items())}
+
+
 @describe(response=_HEALTH, errors=(), other={503: _HEALTH})
 async def health_endpoint(request: Request) -> JSONResponse:
-    """Each dependency's state (200 when all are up, 503 otherwise)."""
+    """Each dependency's state and each process's heartbeat (200 when every dependency and
+    every required component is up, 503 otherwise)."""
     settings: Settings = request.app.state.settings
     services = services_of(request)
     checks: dict[str, Check] = {
@@ -192,11 +218,17 @@ async def health_endpoint(request: Request) -> JSONResponse:
     results = await run_checks(checks)
     for name, result in results.items():
         DEPENDENCY_UP.labels(name).set(1 if result.up else 0)
-    healthy = all(r.up for r in results.values())
+    components = await _components(services, settings)
+    healthy = all(r.up for r in results.values()) and all(
+        c["status"] == "up" for c in components.values() if c["required"])
     return JSONResponse(
         {
             "status": "ok" if healthy else "degraded",
             "dependencies": {name: r.to_json() for name, r in results.items()},
+            "components": components,
+            # its own request id: the report is this route's answer, which the response
+            # hygiene (api.hygiene) then sends as it is, also with status 503
+            "request_id": request_id_of(request),
         },
         status_code=200 if healthy else 503,
     )

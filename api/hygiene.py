@@ -16,8 +16,9 @@ Socket.IO's polling) and only touches the answer's start and, for a 5xx, its bod
 - redirects: a ``Location`` naming the host the client sent in ``Host`` becomes
   relative, so a forged ``Host`` is never echoed (Starlette's trailing-slash
   redirect, e.g. ``/static``, builds an absolute URL from it);
-- 5xx: a body that is not :func:`api.errors.server_error_body` for this request
-  is replaced by it (it is logged instead), and an exception that escapes the app
+- 5xx: a body that does not carry this request's id (as
+  :func:`api.errors.server_error_body` and ``/health``'s report do) is replaced by
+  the generic one (it is logged instead), and an exception that escapes the app
   is logged with the request id and answered by a generic 500.
 
 WebSocket and lifespan traffic passes untouched. The cost is one id and one pass

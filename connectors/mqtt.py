@@ -58,6 +58,7 @@ from connectors.metrics import BROKER_CONNECTED, MESSAGES_RECEIVED, MESSAGES_REJ
 from connectors.payload import ParsedReading, dead_letter_for_error, parse_reading
 from connectors.producer import Delivery, RecordProducer
 from connectors.reading import ReadingRow
+from pipeline.heartbeat import Heartbeat
 from pipeline.logs import configure_logging
 from pipeline.mqtt_accounts import broker_ca, credentials
 from pipeline.settings import Settings, Topics
@@ -193,6 +194,11 @@ class MqttConnector:
     def failure(self) -> str | None:
         """Why the connector gave up (Kafka refused records for good), else None."""
         return self._failure
+
+    @property
+    def unacknowledged(self) -> int:
+        """Messages taken in whose records Kafka has not acknowledged yet (no PUBACK sent)."""
+        return len(self._pending)
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         """True once connected and subscribed (before ``timeout`` s)."""
@@ -536,12 +542,15 @@ def run(
                 return 0
             logger.info("%s: waiting for Kafka at %s", connector.stage, settings.kafka_bootstrap)
         connector.start()
+        heartbeat = Heartbeat(settings.redis_url, f"connect:{protocol}",
+                              detail=lambda: {"unacknowledged": connector.unacknowledged}).start()
         if retire:
             _drain(connector)
         else:
             while not connector.wait(1.0):
                 pass
         left = connector.stop()
+        heartbeat.stop()
     if left:
         logger.warning("%s: %d records not taken by Kafka; the broker will redeliver them",
                        connector.stage, left)

@@ -156,6 +156,38 @@ def _device(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(_: argparse.Namespace) -> int:
+    """``webscada status``: the services, then every process's heartbeat, as /health has them."""
+    import time
+
+    import redis
+
+    from infra import stack
+    from pipeline.heartbeat import component_health, read_components
+
+    settings = get_settings()
+    down = stack.status(settings)
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+        report = component_health(*read_components(client), now=time.time())
+        client.close()
+    except redis.RedisError as exc:
+        print(f"no heartbeats: Redis unavailable ({exc})")
+        return 1
+    required = set(settings.health_required)
+    for name in sorted(required - set(report)):
+        report[name] = {"status": "down", "last_beat_s": None, "instances": []}
+    print(f"\n{'component':22} {'status':7} {'last beat':>10}  instances (pid uptime detail)")
+    for name, entry in sorted(report.items()):
+        last = "never" if entry["last_beat_s"] is None else f"{entry['last_beat_s']:.0f} s ago"
+        shown = ", ".join(f"{i['pid']} {i['uptime_s']:.0f}s {i['detail'] or ''}".strip()
+                          for i in entry["instances"])
+        mark = "*" if name in required else " "
+        print(f"{name:21}{mark} {entry['status']:7} {last:>10}  {shown}")
+        down += name in required and entry["status"] != "up"
+    return 1 if down else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     from pipeline import __version__
 
@@ -236,6 +268,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("device_id")
     q.add_argument("--out", default=".", help="folder for ID.pem and ID.key (default: here)")
     p.set_defaults(func=_device)
+
+    p = sub.add_parser("status", help="the services and every process's heartbeat (as /health)")
+    p.set_defaults(func=_status)
 
     p = sub.add_parser("stop", help="stop what `webscada run` started, and the stack")
     p.set_defaults(func=_stop)

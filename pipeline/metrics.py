@@ -31,6 +31,10 @@ def serve_metrics(host: str, port: int) -> None:
 _ADMINS: dict[str, Any] = {}
 
 
+# The newest total lag measured per consumer group (for heartbeats).
+LAST_LAG: dict[str, int] = {}
+
+
 def measure_lag(bootstrap: str, group: str, timeout: float = 5.0) -> dict[tuple[str, int], int]:
     """Per partition: end offset minus the group's committed offset (blocking; run in a thread)."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
@@ -47,11 +51,13 @@ def measure_lag(bootstrap: str, group: str, timeout: float = 5.0) -> dict[tuple[
         return {}
     ends = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, request_timeout=timeout)
     lag: dict[tuple[str, int], int] = {}
+    LAST_LAG[group] = 0
     for tp in committed.topic_partitions or []:
         end = ends[TopicPartition(tp.topic, tp.partition)].result().offset
         done = tp.offset if tp.offset >= 0 else 0
         lag[(tp.topic, tp.partition)] = max(0, end - done)
         CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(lag[(tp.topic, tp.partition)])
+    LAST_LAG[group] = sum(lag.values())
     return lag
 
 

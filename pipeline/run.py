@@ -23,13 +23,22 @@ def _pids_file(settings: Settings) -> Path:
     return settings.stack_dir / "run.json"
 
 
-def _spawn(settings: Settings, name: str, *args: str) -> subprocess.Popen[bytes]:
+def _spawn(settings: Settings, name: str, *args: str,
+           env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     logs = settings.stack_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{name}.log", "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+def required_components(settings: Settings) -> list[str]:
+    """What a run starts, by heartbeat name: /health is 503 while one of them is down."""
+    from pipeline.app import all_roles
+
+    return ([f"worker:{role}" for role in all_roles(settings)]
+            + ["connect:mqtt", "connect:gsm", "connect:lorawan", "api"])
 
 
 def _api_healthy(settings: Settings) -> bool:
@@ -55,7 +64,12 @@ def main(settings: Settings, *, devices: int = 5, simulate: bool = True) -> int:
     stop(settings, quiet=True, stack_too=False)  # leftovers of an earlier run
     _retire_mqtt_connectors(settings)
     commands = _commands(settings, devices=devices, simulate=simulate)
-    children = {name: _spawn(settings, name, *args) for name, args in commands.items()}
+    if settings.health_required:
+        required = settings.health_required
+    else:
+        required = required_components(settings)
+    env = {"WEBSCADA_HEALTH_REQUIRED": json.dumps(required)}
+    children = {name: _spawn(settings, name, *args, env=env) for name, args in commands.items()}
     _record_pids(settings, children)
     deadline = time.monotonic() + 60
     while not _api_healthy(settings) and time.monotonic() < deadline:
@@ -86,7 +100,7 @@ def main(settings: Settings, *, devices: int = 5, simulate: bool = True) -> int:
         for name, child in children.items():
             if child.poll() is not None and not stopping:
                 print(f"{name} exited ({child.returncode}); restarting", file=sys.stderr)
-                children[name] = _spawn(settings, name, *commands[name])
+                children[name] = _spawn(settings, name, *commands[name], env=env)
         _record_pids(settings, children)
     print("stopping ...", flush=True)
     _terminate(children)

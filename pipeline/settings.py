@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     # broker whose accounts are managed elsewhere.
     mqtt_manage_accounts: bool = True
 
+    # Components (heartbeat names: worker:<role>, connect:<protocol>, api) that /health counts
+    # as required: one down or stale makes it 503. `webscada run` names what it starts.
+    health_required: list[str] = []
+
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -47,6 +47,11 @@ def _run_role(settings: Settings, role: str) -> int:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = create_app(role, settings)
     set_role(f"worker:{role}")
+    from pipeline.heartbeat import Heartbeat
+    from pipeline.metrics import LAST_LAG
+
+    group = f"webscada-{role}"
+    Heartbeat(settings.redis_url, f"worker:{role}", detail=lambda: {"lag": LAST_LAG.get(group)}).start()
     # Faust sets up its own (text) logging unless told not to: JSON logs keep pipeline.logs'
     worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True,
                     override_logging=settings.log_format != "json")

@@ -214,7 +214,7 @@ async def patch_device(request: Request) -> Response:
         await _pg(request, lambda conn: conn.execute(
             f"UPDATE devices SET {assignments} WHERE id = %s", (*changes.values(), device_id)))
     device = await _select(request, device_id)
-    if device["protocol"] not in DEVICE_PROTOCOLS:  # no longer speaks MQTT itself
+    if "protocol" in changes and device["protocol"] not in DEVICE_PROTOCOLS:  # off MQTT now
         await close_account(services_of(request).accounts, device_id)
     return JSONResponse(device)
 

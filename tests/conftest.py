@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 
 from pipeline.settings import ROOT, Settings
+from tests.httpservers import SmsProvider
 
 T = TypeVar("T")
 
@@ -113,7 +114,19 @@ class WorkerProcess:
 
 
 @pytest.fixture(scope="session")
-def worker(stack: Settings) -> Iterator[WorkerProcess]:
+def sms_provider() -> Iterator[SmsProvider]:
+    """A Twilio-compatible SMS API for the session; every worker started by the tests sends
+    its alarm SMS there (its settings join ``WORKER_ENV``): alarms roles of different
+    workers share the consumer group, so any of them may be the one that raises an alarm."""
+    provider = SmsProvider()
+    provider.start()
+    WORKER_ENV.update(provider.settings())
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(stack: Settings, sms_provider: SmsProvider) -> Iterator[WorkerProcess]:
     """`webscada worker` (validate, sinks, alarms, dispatcher), ready when a probe reading lands."""
     from tests.integration.helpers import influx_points, produce_telemetry, redis_latest
 

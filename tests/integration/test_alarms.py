@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -28,6 +27,7 @@ from pipeline.alarms import AlarmEvent
 from pipeline.settings import Settings, Topics
 from schemas import Telemetry, iso_utc, utcnow
 from tests.conftest import WORKER_ENV, stop_process, unique_id, wait_until
+from tests.httpservers import SmsProvider, ThreadedHttpServer
 from tests.integration.helpers import alarm_events_keyed
 
 if TYPE_CHECKING:
@@ -107,67 +107,16 @@ class Rest:
         return body
 
 
-class SmsProvider:
-    """A Twilio-compatible messages API (a real aiohttp server in its own thread) that
-    records the SMS the worker sends through it."""
-
-    SID, TOKEN = "AC-test", "sms-token"
-
-    def __init__(self) -> None:
-        self.messages: list[dict[str, str]] = []
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    async def _messages(self, request: web.Request) -> web.Response:
-        if request.match_info["sid"] != self.SID or request.headers.get("Authorization") != \
-                aiohttp_basic_auth(self.SID, self.TOKEN):
-            return web.json_response({"message": "Authenticate"}, status=401)
-        form = await request.post()
-        self.messages.append({k: str(v) for k, v in form.items()})
-        return web.json_response({"sid": f"SM{len(self.messages)}"}, status=201)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
-        app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._messages)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        self._loop.run_forever()
-
-    def start(self) -> None:
-        self._thread.start()
-        assert self._ready.wait(10)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-
-def aiohttp_basic_auth(user: str, password: str) -> str:
-    import base64
-
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
 class AlarmWorker:
     """`webscada worker --role alarms`, which can be killed and started again."""
 
-    def __init__(self, start_process: Callable[..., subprocess.Popen[bytes]],
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(self, start_process: Callable[..., subprocess.Popen[bytes]]) -> None:
         self._start_process = start_process
-        self._env = {**WORKER_ENV, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.proc = self._start_process("worker", "--role", "alarms", log_name="test-alarms-worker.log",
-                                        env=self._env)
+                                        env=WORKER_ENV)
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -183,22 +132,12 @@ def rest(api_server: ApiServer) -> Iterator[Rest]:
 
 
 @pytest.fixture(scope="module")
-def sms_provider() -> Iterator[SmsProvider]:
-    provider = SmsProvider()
-    provider.start()
-    yield provider
-    provider.stop()
-
-
-@pytest.fixture(scope="module")
 def alarm_worker(stack: Settings, start_process: Callable[..., subprocess.Popen[bytes]],
                  rest: Rest, sms_provider: SmsProvider) -> Iterator[AlarmWorker]:
-    """The alarms role (its SMS through ``sms_provider``), ready once it raised an alarm
-    for a probe reading."""
-    worker = AlarmWorker(start_process, env={
-        "WEBSCADA_SMS_GATEWAY_URL": f"http://127.0.0.1:{sms_provider.port}",
-        "WEBSCADA_SMS_ACCOUNT_SID": SmsProvider.SID, "WEBSCADA_SMS_AUTH_TOKEN": SmsProvider.TOKEN,
-        "WEBSCADA_SMS_FROM": "+15005550006"})
+    """The alarms role, ready once it raised an alarm for a probe reading. Its SMS go to
+    ``sms_provider``, as those of every worker of the session do: the session's ``worker``
+    (all roles, started by earlier tests) shares the consumer group and so the partitions."""
+    worker = AlarmWorker(start_process)
     worker.start()
     device = unique_id("alarm-probe")
     rule = rest.rule(device_id=device, metric="probe", operator=">", threshold=0)
@@ -371,41 +310,19 @@ def test_alarm_state_survives_kill_9(alarm_worker: AlarmWorker, rest: Rest, stac
 
 
 # --- notifications through the worker ------------------------------------------------------------
-class HttpReceiver:
-    """A real HTTP server (aiohttp) on a free port in its own thread, recording POSTed JSON."""
+class HttpReceiver(ThreadedHttpServer):
+    """Records the JSON POSTed to ``/hook``."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.received: list[dict[str, Any]] = []
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/hook", self._hook)
 
     async def _hook(self, request: web.Request) -> web.Response:
         self.received.append(await request.json())
         return web.Response(status=204)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
-        app.router.add_post("/hook", self._hook)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        self._loop.run_forever()
-
-    def __enter__(self) -> HttpReceiver:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 def test_worker_posts_webhooks_throttled_per_rule(alarm_worker: AlarmWorker, rest: Rest,

@@ -36,7 +36,7 @@ from typing import Any
 
 import redis.exceptions
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, HTTPConnection, Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -45,7 +45,7 @@ from api.device_hub import DeviceSockets
 from api.device_keys import API_KEY_HEADER, authenticate_device, presented_key
 from api.errors import ApiError, error_response
 from api.ingest_kafka import IngestProducer, KafkaUnavailable
-from api.jsonbody import UnsupportedMediaType, check_json_type
+from api.jsonbody import bounded_body, check_declared_size, check_json_type
 from api.openapi import describe
 from api.ratelimit import hit
 from api.readings import InvalidReadings, parse_readings
@@ -247,26 +247,6 @@ async def _first_arrival(request: Request, config: IngestConfig, device_id: str,
         return now
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    """The body, counted as it streams in (a client may send more than it declared)."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(size, limit)
-            chunks.append(chunk)
-    except ClientDisconnect as exc:
-        raise IngestRefused(400, "client disconnected before the body was complete") from exc
-    return b"".join(chunks)
-
-
-def _too_large(size: int, limit: int) -> IngestRefused:
-    return IngestRefused(413, "body too large",
-                         f"the body is {size}+ bytes; at most {limit} are accepted")
-
-
 _READING = {"type": "object", "additionalProperties": True,
             "description": "a reading: {timestamp, telemetry, metadata} or a flat object of numbers"}
 _ACCEPTED = {
@@ -293,13 +273,11 @@ async def ingest_telemetry(request: Request) -> Response:
             raise IngestRefused(422, "invalid device_id", {
                 "field": "device_id", "message": f"must match {DEVICE_ID_PATTERN.pattern}"})
         producer, config = _state(request)
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
-            raise _too_large(int(declared), config.max_body_bytes)
         try:  # devices may send no Content-Type; one that is not JSON is refused
+            check_declared_size(request, config.max_body_bytes)
             check_json_type(request.headers, missing_ok=True)
-        except UnsupportedMediaType as exc:
-            raise IngestRefused(415, exc.error, exc.detail) from exc
+        except ApiError as exc:
+            raise IngestRefused(exc.status_code, exc.error, exc.detail) from exc
         try:
             identity = await authenticate_device(request, device_id)
         except ApiError as exc:
@@ -308,7 +286,10 @@ async def ingest_telemetry(request: Request) -> Response:
             raise IngestRefused(exc.status_code, exc.error, exc.detail, headers) from exc
         await check_rate(request, config, device_id)
         key = _idempotency_key(request, config.max_readings)
-        body = await _body(request, config.max_body_bytes)
+        try:  # counted as it streams in: a client may send more than it declared
+            body = await bounded_body(request, config.max_body_bytes)
+        except ApiError as exc:
+            raise IngestRefused(exc.status_code, exc.error, exc.detail) from exc
         readings = await accept_readings(
             producer, body, device_id=device_id, protocol="http",
             application_id=identity.application_id,

@@ -39,6 +39,7 @@ __all__ = [
     "BodyTooLarge",
     "UnsupportedMediaType",
     "bounded_body",
+    "check_declared_size",
     "check_json_type",
     "json_object",
     "parse_form",
@@ -104,12 +105,18 @@ def check_json_type(headers: Mapping[str, str], *, missing_ok: bool = False,
 # ---- reading -------------------------------------------------------------------------------
 
 
-async def bounded_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The body, refused with 413 as soon as more than ``limit`` bytes are declared or
-    have arrived (a client may send more than it declares)."""
+def check_declared_size(request: Request, limit: int = MAX_BODY_BYTES) -> None:
+    """413 when the request declares (``Content-Length``) more than ``limit`` bytes: a route
+    may ask this before anything else, without reading the body."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge("body too large", f"{declared} bytes declared; at most {limit} are accepted")
+
+
+async def bounded_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, refused with 413 as soon as more than ``limit`` bytes are declared or
+    have arrived (a client may send more than it declares)."""
+    check_declared_size(request, limit)
     chunks: list[bytes] = []
     size = 0
     try:

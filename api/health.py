@@ -191,15 +191,11 @@ _HEALTH = {
 async def _components(services: Any, settings: Settings) -> dict[str, dict[str, Any]]:
     """The heartbeats' view (:mod:`pipeline.heartbeat`); a required component never heard of
     is down. Redis away: only the required ones, down."""
-    required = set(settings.health_required)
     try:
         known, beats = await asyncio.wait_for(read_components_async(services.redis), CHECK_TIMEOUT_S)
-        report = component_health(known, beats, now=time.time())
     except (RedisError, OSError, TimeoutError):
-        report = {}
-    for name in required - set(report):
-        report[name] = {"status": "down", "last_beat_s": None, "instances": []}
-    return {name: {**entry, "required": name in required} for name, entry in sorted(report.items())}
+        known, beats = {}, []
+    return component_health(known, beats, now=time.time(), required=settings.health_required)
 
 
 @describe(response=_HEALTH, errors=(), other={503: _HEALTH})

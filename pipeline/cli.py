@@ -169,22 +169,20 @@ def _status(_: argparse.Namespace) -> int:
     down = stack.status(settings)
     try:
         client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
-        report = component_health(*read_components(client), now=time.time())
+        report = component_health(*read_components(client), now=time.time(),
+                                  required=settings.health_required)
         client.close()
     except redis.RedisError as exc:
         print(f"no heartbeats: Redis unavailable ({exc})")
         return 1
-    required = set(settings.health_required)
-    for name in sorted(required - set(report)):
-        report[name] = {"status": "down", "last_beat_s": None, "instances": []}
     print(f"\n{'component':22} {'status':7} {'last beat':>10}  instances (pid uptime detail)")
     for name, entry in sorted(report.items()):
         last = "never" if entry["last_beat_s"] is None else f"{entry['last_beat_s']:.0f} s ago"
         shown = ", ".join(f"{i['pid']} {i['uptime_s']:.0f}s {i['detail'] or ''}".strip()
                           for i in entry["instances"])
-        mark = "*" if name in required else " "
+        mark = "*" if entry["required"] else " "
         print(f"{name:21}{mark} {entry['status']:7} {last:>10}  {shown}")
-        down += name in required and entry["status"] != "up"
+        down += entry["required"] and entry["status"] != "up"
     return 1 if down else 0
 
 

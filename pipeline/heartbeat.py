@@ -27,7 +27,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import redis
@@ -139,9 +139,11 @@ async def read_components_async(client: redis.asyncio.Redis) -> tuple[dict[str, 
 
 
 def component_health(known: Mapping[str, float], beats: list[dict[str, Any]], *, now: float,
-                     interval_s: float = INTERVAL_S) -> dict[str, dict[str, Any]]:
-    """Per component: ``status`` (up/stale/down), its live ``instances`` (host, pid, version,
-    uptime, age of the beat, detail) and ``last_beat_s`` ago."""
+                     interval_s: float = INTERVAL_S,
+                     required: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """Per component: ``status`` (up/stale/down), whether it is ``required``, its live
+    ``instances`` (host, pid, version, uptime, age of the beat, detail) and ``last_beat_s``
+    ago (None: never heard of; a required component never heard of is down)."""
     report: dict[str, dict[str, Any]] = {}
     by_component: dict[str, list[dict[str, Any]]] = {}
     for beat in beats:
@@ -159,4 +161,7 @@ def component_health(known: Mapping[str, float], beats: list[dict[str, Any]], *,
                      for b in sorted(live, key=lambda b: int(b.get("pid", 0)))]
         report[component] = {"status": status, "last_beat_s": round(now - last, 1),
                              "instances": instances}
-    return report
+    wanted = set(required)
+    for component in wanted - set(report):
+        report[component] = {"status": "down", "last_beat_s": None, "instances": []}
+    return {name: {**entry, "required": name in wanted} for name, entry in sorted(report.items())}

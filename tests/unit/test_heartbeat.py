@@ -28,3 +28,12 @@ def test_one_live_instance_of_several_is_enough() -> None:
     report = component_health({"worker:sink-redis": now - 2}, beats, now=now, interval_s=5)
     entry = report["worker:sink-redis"]
     assert entry["status"] == "up" and [i["pid"] for i in entry["instances"]] == [1, 2]
+
+
+def test_required_components_never_heard_of_are_down() -> None:
+    report = component_health({"api": 99.0}, [_beat("api", 99.0)], now=100.0, interval_s=5,
+                              required=["api", "connect:gsm"])
+    assert report["api"]["required"] and report["api"]["status"] == "up"
+    assert report["connect:gsm"] == {"status": "down", "last_beat_s": None, "instances": [],
+                                     "required": True}
+    assert not component_health({"api": 99.0}, [], now=100.0)["api"]["required"]

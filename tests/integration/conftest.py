@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -20,7 +19,7 @@ from api.config import load_api_config
 from api.passwords import Passwords
 from api.server import guarded_http_protocol
 from pipeline.settings import Settings
-from tests.conftest import unique_id
+from tests.conftest import free_port, unique_id
 
 _PASSWORDS = Passwords()
 
@@ -75,16 +74,10 @@ class ApiServer:
         return str(login(self.base_url, username, password)["access_token"])
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def api_server(stack: Settings) -> Iterator[ApiServer]:
     """The API with its lifespan (PostgreSQL pool, Redis, Kafka tail) on a free port."""
-    port = _free_port()
+    port = free_port()
     settings = stack.model_copy(update={"api_host": "127.0.0.1", "api_port": port})
     # The session can outlast a 15-minute token, and tests rely on the admin token throughout.
     api_config = dataclasses.replace(load_api_config(settings), access_token_ttl_s=6 * 3600)

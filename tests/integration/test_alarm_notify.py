@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from email import message_from_bytes
@@ -14,14 +13,9 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 
 from pipeline.notify import Notification, Notifier, NotifierConfig
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class _Mailbox:
@@ -36,7 +30,7 @@ class _Mailbox:
 @pytest.fixture
 def smtp() -> Iterator[tuple[_Mailbox, int]]:
     mailbox = _Mailbox()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=_free_port())
+    controller = Controller(mailbox, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:
         yield mailbox, controller.port
@@ -76,7 +70,7 @@ async def webhooks() -> AsyncIterator[tuple[_Hooks, int]]:
     app.router.add_post("/gone", gone)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = _free_port()
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         yield hooks, port
@@ -149,7 +143,7 @@ async def test_per_recipient_limit_across_rules(smtp: tuple[_Mailbox, int]) -> N
 async def test_failed_deliveries_are_retried_with_backoff(
         smtp: tuple[_Mailbox, int], webhooks: tuple[_Hooks, int]) -> None:
     hooks, http_port = webhooks
-    dead_port = _free_port()  # nothing listens there
+    dead_port = free_port()  # nothing listens there
     notifier = Notifier(NotifierConfig(smtp_port=dead_port, retries=2, retry_base_s=0.05))
     await notifier.start()
     try:

@@ -12,7 +12,6 @@ for as samples too, after one went through the pipeline.
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import urllib.request
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.app import ROLES
 from pipeline.settings import Settings
 from tests import dashboards as d
-from tests.conftest import WorkerProcess, unique_id, wait_until
+from tests.conftest import WorkerProcess, free_port, unique_id, wait_until
 from tests.integration.helpers import produce_telemetry
 
 pytestmark = [pytest.mark.integration, pytest.mark.influxdb]
@@ -33,12 +32,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.influxdb]
 AFTER_A_READING = ("webscada_telemetry_ingested_total", "webscada_sink_delay_seconds_bucket",
                    "webscada_sink_records_total", "webscada_kafka_consumer_lag",
                    "webscada_kafka_topic_end_offset")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _scrape(port: int) -> str | None:
@@ -62,7 +55,7 @@ def _help_lines(text: str) -> set[str]:
 def test_every_metric_the_health_dashboard_uses_is_on_a_live_metrics_endpoint(
         stack: Settings, worker: WorkerProcess,
         start_scoped_process: Callable[..., subprocess.Popen[bytes]]) -> None:
-    api_port, connector_port = _free_port(), _free_port()
+    api_port, connector_port = free_port(), free_port()
     start_scoped_process("api", log_name="test-grafana-api.log",
                          env={"WEBSCADA_API_PORT": str(api_port)})
     start_scoped_process("connect", "gsm", "--metrics-port", str(connector_port),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 from typing import Any
@@ -17,20 +16,14 @@ import httpx
 import pytest
 
 from pipeline.settings import Settings
-from tests.conftest import WorkerProcess, wait_until
+from tests.conftest import WorkerProcess, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_a_killed_connector_is_down_in_health_until_it_is_back(
         stack: Settings, worker: WorkerProcess, start_scoped_process: Any) -> None:
-    port = _free_port()
+    port = free_port()
     start_scoped_process("api", log_name="test-api-health.log",
                          env={"WEBSCADA_API_PORT": str(port),
                               "WEBSCADA_HEALTH_REQUIRED": json.dumps(["connect:gsm"])})

@@ -21,7 +21,7 @@ import pytest
 from infra.tls import tls_files
 from pipeline.mqtt_accounts import login
 from pipeline.settings import Settings
-from tests.conftest import unique_id, wait_until
+from tests.conftest import free_port, unique_id, wait_until
 from tests.integration.conftest import ApiServer
 from tests.integration.live import create_device
 
@@ -157,15 +157,12 @@ def test_the_production_profile_has_no_plain_mqtt(stack: Settings, tmp_path: Pat
     speaks TLS; the services' ways in (login, the account admin, the health probe) use it."""
     import asyncio
     import contextlib
-    import socket
 
     from api.health import check_mqtt
     from infra.services.mosquitto import Mosquitto
     from pipeline.mqtt_accounts import AccountAdmin, broker_ca, credentials
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+    port = free_port()
     settings = stack.model_copy(update={"stack_dir": tmp_path / "stack", "mqtt_port": port,
                                         "mqtt_tls": True, "mqtt_tls_port": 0, "mqtt_mtls_port": 0})
     broker = Mosquitto(settings)
@@ -200,14 +197,11 @@ def test_the_production_profile_has_no_plain_mqtt(stack: Settings, tmp_path: Pat
 def test_the_api_serves_https_with_a_certificate(stack: Settings, start_scoped_process: Any) -> None:
     """`webscada api` given the local CA's server certificate answers HTTPS; a client that
     checks it with the CA gets its answer, one without the CA is refused."""
-    import socket
 
     import httpx
 
     files = tls_files(stack.stack_dir)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+    port = free_port()
     start_scoped_process("api", log_name="test-api-https.log",
                          env={"WEBSCADA_API_PORT": str(port),
                               "WEBSCADA_API_TLS_CERTFILE": str(files.server),

@@ -188,8 +188,17 @@ def assert_everything_stored_once(stack: Settings, run: Run, rule_id: str,
     history = Counter(event for (event,) in db(
         "SELECT event FROM alarm_events WHERE rule_id = %s", rule_id))
     assert history == {"raised": len(expected), "cleared": len(expected)}
-    published = Counter((e.alarm_id, e.event) for e in alarm_events(stack, run) if e.rule_id == rule_id)
-    assert published == {(str(row[3]), event): 1 for row in alarms for event in ("raised", "cleared")}
+    # Kafka: every transition published, and nothing else. A kill between Kafka's ack and the
+    # outbox mark in PostgreSQL publishes that event again when it is relayed: a repeat must
+    # be the very same event (alarm, kind, device time, state, value), which consumers drop.
+    events = [e for e in alarm_events(stack, run) if e.rule_id == rule_id]
+    assert {(e.alarm_id, e.event) for e in events} == {
+        (str(row[3]), event) for row in alarms for event in ("raised", "cleared")}
+    distinct = {(e.alarm_id, e.event): e for e in events}
+    assert all(e == distinct[(e.alarm_id, e.event)] for e in events), "a repeat that differs"
+    repeats = len(events) - len(distinct)
+    if repeats:
+        print(f"\n{repeats} alarm event(s) published again after a kill between ack and outbox mark")
 
 
 def wait_for_the_run(stack: Settings, run: Run, rule_id: str,
